@@ -1,0 +1,123 @@
+"""Batch normalisation (Ioffe & Szegedy 2015) over the channel axis of (N, C) or (N, C, H, W)."""
+from .. import backend
+from ..autograd import Function
+
+
+def _axes(x):
+    return (0,) if x.ndim == 2 else (0, 2, 3)
+
+
+def _per_channel(v, x):
+    """(C,) -> a shape that broadcasts against x's channel axis: (1, C) or (1, C, 1, 1)."""
+    return v.reshape((1, -1) + (1,) * (x.ndim - 2))
+
+
+class BatchNormTrain(Function):
+    """Training mode: normalise with the batch's own statistics.
+
+    mean = E[x], var = E[(x - mean)^2] over the M = N*H*W values of each channel (biased),
+    xhat = (x - mean) / sqrt(var + eps), y = gamma * xhat + beta.
+    Backward (for each channel):
+      gbeta = sum(gy), ggamma = sum(gy * xhat),
+      gx = gamma / sqrt(var + eps) / M * (M * gy - gbeta - xhat * ggamma).
+    The running statistics are updated in place (momentum m): running = (1 - m) running + m batch,
+    with the unbiased variance var * M / (M - 1) for running_var.
+    """
+
+    def __init__(self, running_mean=None, running_var=None, momentum=0.1, eps=1e-5):
+        self.running_mean, self.running_var = running_mean, running_var
+        self.momentum, self.eps = momentum, eps
+
+    def forward(self, x, gamma, beta):
+        xp = backend.get_array_module(x)
+        axes = _axes(x)
+        m = x.size // x.shape[1]
+        mean = x.mean(axis=axes)
+        xc = x - _per_channel(mean, x)
+        var = (xc * xc).mean(axis=axes)
+        inv_std = 1.0 / xp.sqrt(var + self.eps)
+        xhat = xc
+        xhat *= _per_channel(inv_std, x)  # reuse xc's memory: it is not needed again
+        y = xhat * _per_channel(gamma, x)
+        y += _per_channel(beta, x)
+        if self.running_mean is not None:
+            mom = self.momentum
+            self.running_mean *= 1 - mom
+            self.running_mean += mom * mean.astype(self.running_mean.dtype)
+            self.running_var *= 1 - mom
+            self.running_var += (mom * m / max(m - 1, 1)) * var.astype(self.running_var.dtype)
+        self.running_mean = self.running_var = None
+        if any(self.needs_input_grad):
+            self.xhat, self.inv_std, self.gamma = xhat, inv_std, gamma
+        return y
+
+    def backward(self, gy):
+        xhat, inv_std, gamma = self.xhat, self.inv_std, self.gamma
+        axes = _axes(gy)
+        m = gy.size // gy.shape[1]
+        gbeta = gy.sum(axis=axes)
+        ggamma = (gy * xhat).sum(axis=axes)
+        gx = None
+        if self.needs_input_grad[0]:
+            gx = gy - _per_channel(gbeta / m, gy)
+            gx -= xhat * _per_channel(ggamma / m, gy)
+            gx *= _per_channel(gamma * inv_std, gy)
+        return gx, ggamma, gbeta
+
+
+class BatchNormEval(Function):
+    """Evaluation mode: a fixed per-channel affine map from the running statistics.
+
+    y = gamma * (x - running_mean) / sqrt(running_var + eps) + beta = x * scale + shift.
+    gx = gy * scale, ggamma = sum(gy * (x - running_mean) / sqrt(running_var + eps)), gbeta = sum(gy).
+    """
+
+    def __init__(self, running_mean, running_var, eps=1e-5):
+        self.running_mean, self.running_var, self.eps = running_mean, running_var, eps
+
+    def forward(self, x, gamma, beta):
+        xp = backend.get_array_module(x)
+        inv_std = 1.0 / xp.sqrt(self.running_var.astype(x.dtype) + self.eps)
+        scale = gamma * inv_std
+        shift = beta - self.running_mean.astype(x.dtype) * scale
+        y = x * _per_channel(scale, x)
+        y += _per_channel(shift, x)
+        if any(self.needs_input_grad):
+            self.x, self.scale, self.inv_std = x, scale, inv_std
+        return y
+
+    def backward(self, gy):
+        axes = _axes(gy)
+        gbeta = gy.sum(axis=axes)
+        ggamma = None
+        if self.needs_input_grad[1]:
+            xhat = (self.x - _per_channel(self.running_mean.astype(gy.dtype), gy)) * _per_channel(self.inv_std, gy)
+            ggamma = (gy * xhat).sum(axis=axes)
+        gx = gy * _per_channel(self.scale, gy) if self.needs_input_grad[0] else None
+        return gx, ggamma, gbeta
+
+
+def batch_norm(x, gamma, beta, running_mean=None, running_var=None, training=True, momentum=0.1, eps=1e-5):
+    """Batch normalisation of x (N, C) or (N, C, H, W) with per-channel gamma, beta (C,).
+
+    ``training``: normalise with batch statistics and update ``running_mean``/``running_var``
+    (raw arrays, changed in place) if given; otherwise normalise with the running statistics.
+    """
+    if x.ndim not in (2, 4):
+        raise ValueError(f"batch_norm expects x of shape (N, C) or (N, C, H, W), got {tuple(x.shape)}")
+    c = x.shape[1]
+    for name, v in (("gamma", gamma), ("beta", beta), ("running_mean", running_mean), ("running_var", running_var)):
+        if v is not None and tuple(v.shape) != (c,):
+            raise ValueError(f"batch_norm: {name} must have shape ({c},) for x of shape {tuple(x.shape)}, "
+                             f"got {tuple(v.shape)}")
+    if gamma is None or beta is None:
+        xp = backend.get_array_module(x)
+        gamma = xp.ones(c, x.dtype) if gamma is None else gamma
+        beta = xp.zeros(c, x.dtype) if beta is None else beta
+    if training:
+        if x.size // c < 2:
+            raise ValueError(f"batch_norm in training needs more than one value per channel, got x of shape {tuple(x.shape)}")
+        return BatchNormTrain(running_mean, running_var, momentum, eps)(x, gamma, beta)
+    if running_mean is None or running_var is None:
+        raise ValueError("batch_norm in evaluation mode needs running_mean and running_var")
+    return BatchNormEval(running_mean, running_var, eps)(x, gamma, beta)

@@ -1,0 +1,130 @@
+"""Max, average and global-average pooling over the spatial axes of NCHW tensors.
+
+Windowed pooling reuses the im2col idea: a loop over the kh x kw window taps, each a strided
+slice of the (padded) input, reduced with max or sum; backward is the same loop with ``+=``.
+"""
+from .. import backend
+from ..autograd import Function
+from .conv import _pair, output_size, pad2d
+
+
+def _taps(x_pad, kh, kw, sy, sx, ho, wo):
+    """Yield (i, j, view) with view[n, c, y, x] = x_pad[n, c, y*sy + i, x*sx + j]."""
+    for i in range(kh):
+        for j in range(kw):
+            yield i, j, x_pad[:, :, i:i + sy * ho:sy, j:j + sx * wo:sx]
+
+
+def _check(x, name, kh, kw, sy, sx, ph, pw):
+    if x.ndim != 4:
+        raise ValueError(f"{name} expects x of shape (N, C, H, W), got {tuple(x.shape)}")
+    if min(kh, kw, sy, sx) < 1 or min(ph, pw) < 0:
+        raise ValueError(f"{name}: kernel and stride must be >= 1 and padding >= 0")
+    if ph > kh // 2 or pw > kw // 2:
+        raise ValueError(f"{name}: padding {ph, pw} must be at most half the kernel {kh, kw}")
+    if kh > x.shape[2] + 2 * ph or kw > x.shape[3] + 2 * pw:
+        raise ValueError(f"{name}: kernel {kh}x{kw} is larger than the padded input "
+                         f"{x.shape[2] + 2 * ph}x{x.shape[3] + 2 * pw} (x {tuple(x.shape)})")
+
+
+class MaxPool2d(Function):
+    """y[n, c, y, x] = max over the window of xpad (padding is -inf, so it never wins).
+
+    Backward routes gy to the first position in the window that holds the maximum.
+    """
+
+    def __init__(self, kernel_size, stride, padding):
+        (self.kh, self.kw), (self.sy, self.sx), (self.ph, self.pw) = kernel_size, stride, padding
+
+    def forward(self, x):
+        xp = backend.get_array_module(x)
+        n, c, h, w = x.shape
+        ho, wo = output_size(h, self.kh, self.sy, self.ph), output_size(w, self.kw, self.sx, self.pw)
+        x_pad = pad2d(x, self.ph, self.pw, value=-xp.inf)
+        y = xp.full((n, c, ho, wo), -xp.inf, dtype=x.dtype)
+        argmax = xp.zeros((n, c, ho, wo), xp.int8 if self.kh * self.kw < 128 else xp.int32)
+        for i, j, view in _taps(x_pad, self.kh, self.kw, self.sy, self.sx, ho, wo):
+            better = view > y  # strict: ties keep the earlier tap
+            xp.copyto(y, view, where=better)
+            xp.copyto(argmax, i * self.kw + j, where=better, casting="unsafe")
+        if self.needs_input_grad[0]:
+            self.x_shape, self.argmax = x.shape, argmax
+        return y
+
+    def backward(self, gy):
+        xp = backend.get_array_module(gy)
+        n, c, h, w = self.x_shape
+        _, _, ho, wo = gy.shape
+        gx = xp.zeros((n, c, h + 2 * self.ph, w + 2 * self.pw), gy.dtype)
+        for i, j, view in _taps(gx, self.kh, self.kw, self.sy, self.sx, ho, wo):
+            view += xp.where(self.argmax == i * self.kw + j, gy, 0)
+        return gx[:, :, self.ph:self.ph + h, self.pw:self.pw + w]
+
+
+class AvgPool2d(Function):
+    """y = mean of the kh*kw window of the zero-padded input (padding counts, as PyTorch's default).
+
+    Backward spreads gy / (kh*kw) over each window.
+    """
+
+    def __init__(self, kernel_size, stride, padding):
+        (self.kh, self.kw), (self.sy, self.sx), (self.ph, self.pw) = kernel_size, stride, padding
+
+    def forward(self, x):
+        xp = backend.get_array_module(x)
+        n, c, h, w = x.shape
+        ho, wo = output_size(h, self.kh, self.sy, self.ph), output_size(w, self.kw, self.sx, self.pw)
+        y = xp.zeros((n, c, ho, wo), x.dtype)
+        for _, _, view in _taps(pad2d(x, self.ph, self.pw), self.kh, self.kw, self.sy, self.sx, ho, wo):
+            y += view
+        y *= 1.0 / (self.kh * self.kw)
+        self.x_shape = x.shape
+        return y
+
+    def backward(self, gy):
+        xp = backend.get_array_module(gy)
+        n, c, h, w = self.x_shape
+        _, _, ho, wo = gy.shape
+        gx = xp.zeros((n, c, h + 2 * self.ph, w + 2 * self.pw), gy.dtype)
+        g = gy * (1.0 / (self.kh * self.kw))
+        for _, _, view in _taps(gx, self.kh, self.kw, self.sy, self.sx, ho, wo):
+            view += g
+        return gx[:, :, self.ph:self.ph + h, self.pw:self.pw + w]
+
+
+class GlobalAvgPool2d(Function):
+    """y[n, c] = mean over (H, W) of x[n, c]; gx = gy / (H*W) broadcast over (H, W)."""
+
+    def forward(self, x):
+        self.x_shape = x.shape
+        return x.mean(axis=(2, 3))
+
+    def backward(self, gy):
+        xp = backend.get_array_module(gy)
+        n, c, h, w = self.x_shape
+        return xp.broadcast_to((gy * (1.0 / (h * w))).reshape(n, c, 1, 1), self.x_shape)
+
+
+def _window(x, name, kernel_size, stride, padding):
+    kh, kw = _pair(kernel_size, "kernel_size")
+    sy, sx = _pair(kernel_size if stride is None else stride, "stride")
+    ph, pw = _pair(padding, "padding")
+    _check(x, name, kh, kw, sy, sx, ph, pw)
+    return (kh, kw), (sy, sx), (ph, pw)
+
+
+def max_pool2d(x, kernel_size, stride=None, padding=0):
+    """Max pooling of NCHW ``x``; ``stride`` defaults to ``kernel_size``."""
+    return MaxPool2d(*_window(x, "max_pool2d", kernel_size, stride, padding))(x)
+
+
+def avg_pool2d(x, kernel_size, stride=None, padding=0):
+    """Average pooling of NCHW ``x`` (zero padding counted in the mean); ``stride`` defaults to ``kernel_size``."""
+    return AvgPool2d(*_window(x, "avg_pool2d", kernel_size, stride, padding))(x)
+
+
+def global_avg_pool2d(x):
+    """(N, C, H, W) -> (N, C): the mean of each feature map."""
+    if x.ndim != 4:
+        raise ValueError(f"global_avg_pool2d expects x of shape (N, C, H, W), got {tuple(x.shape)}")
+    return GlobalAvgPool2d()(x)

@@ -1,0 +1,8 @@
+"""Stateful layers (``Module`` subclasses) that hold parameters and buffers."""
+from . import init
+from .layers import (AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, Flatten, GlobalAvgPool2d, Identity,
+                     Linear, MaxPool2d, ReLU, Sequential)
+from .module import Module, Parameter
+
+__all__ = ["init", "Module", "Parameter", "Sequential", "Conv2d", "BatchNorm2d", "BatchNorm1d", "ReLU",
+           "MaxPool2d", "AvgPool2d", "GlobalAvgPool2d", "Linear", "Flatten", "Identity"]

@@ -1,0 +1,154 @@
+"""Layers: Modules that hold parameters (and buffers) and call the stateless functional ops."""
+import numpy
+
+from .. import backend, functional as F
+from ..functional.conv import _pair
+from . import init
+from .module import Module, Parameter
+
+
+def _empty(shape, dtype="float32"):
+    return backend.default_module().zeros(shape, dtype)
+
+
+class Conv2d(Module):
+    """2-D convolution, weight (out, in, kh, kw) with He-normal init; bias (out,) if ``bias``."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True):
+        super().__init__()
+        if in_channels < 1 or out_channels < 1:
+            raise ValueError(f"Conv2d needs positive channel counts, got in={in_channels}, out={out_channels}")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size = _pair(kernel_size, "kernel_size")
+        self.stride, self.padding = _pair(stride, "stride"), _pair(padding, "padding")
+        self.weight = init.kaiming_normal_(Parameter(_empty((out_channels, in_channels) + self.kernel_size)))
+        if bias:
+            self.bias = init.constant_(Parameter(_empty((out_channels,))), 0.0)
+        else:
+            self.bias = None
+
+    def forward(self, x):
+        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding)
+
+    def extra_repr(self):
+        s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
+        if self.padding != (0, 0):
+            s += f", padding={self.padding}"
+        return s + ("" if self.bias is not None else ", bias=False")
+
+
+class Linear(Module):
+    """y = x W^T + b with W (out, in); init U(-1/sqrt(in), 1/sqrt(in)) as in PyTorch."""
+
+    def __init__(self, in_features, out_features, bias=True):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        bound = 1.0 / numpy.sqrt(in_features)
+        self.weight = init.uniform_(Parameter(_empty((out_features, in_features))), bound)
+        self.bias = init.uniform_(Parameter(_empty((out_features,))), bound) if bias else None
+
+    def forward(self, x):
+        return F.linear(x, self.weight, self.bias)
+
+    def extra_repr(self):
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+class _BatchNorm(Module):
+    """Batch normalisation with learned gamma (``weight``) and beta (``bias``) and running statistics."""
+
+    expected_ndim = None
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1):
+        super().__init__()
+        self.num_features, self.eps, self.momentum = num_features, eps, momentum
+        self.weight = init.constant_(Parameter(_empty((num_features,))), 1.0)
+        self.bias = init.constant_(Parameter(_empty((num_features,))), 0.0)
+        self.register_buffer("running_mean", _empty((num_features,)))
+        self.register_buffer("running_var", _empty((num_features,)) + 1)
+        self.register_buffer("num_batches_tracked", numpy.zeros((), numpy.int64))
+
+    def forward(self, x):
+        if x.ndim != self.expected_ndim:
+            raise ValueError(f"{type(self).__name__} expects a {self.expected_ndim}-D input, got shape {tuple(x.shape)}")
+        if self.training:
+            self.num_batches_tracked += 1
+        return F.batch_norm(x, self.weight, self.bias, self.running_mean, self.running_var,
+                            training=self.training, momentum=self.momentum, eps=self.eps)
+
+    def extra_repr(self):
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
+
+
+class BatchNorm2d(_BatchNorm):
+    """Batch normalisation of (N, C, H, W) over (N, H, W) per channel."""
+
+    expected_ndim = 4
+
+
+class BatchNorm1d(_BatchNorm):
+    """Batch normalisation of (N, C) over N per channel."""
+
+    expected_ndim = 2
+
+
+class ReLU(Module):
+    def forward(self, x):
+        return F.relu(x)
+
+
+class MaxPool2d(Module):
+    def __init__(self, kernel_size, stride=None, padding=0):
+        super().__init__()
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+
+    def forward(self, x):
+        return F.max_pool2d(x, self.kernel_size, self.stride, self.padding)
+
+    def extra_repr(self):
+        return f"kernel_size={self.kernel_size}, stride={self.stride or self.kernel_size}, padding={self.padding}"
+
+
+class AvgPool2d(MaxPool2d):
+    def forward(self, x):
+        return F.avg_pool2d(x, self.kernel_size, self.stride, self.padding)
+
+
+class GlobalAvgPool2d(Module):
+    """(N, C, H, W) -> (N, C), the mean of each feature map."""
+
+    def forward(self, x):
+        return F.global_avg_pool2d(x)
+
+
+class Flatten(Module):
+    def forward(self, x):
+        return F.flatten(x)
+
+
+class Identity(Module):
+    def forward(self, x):
+        return x
+
+
+class Sequential(Module):
+    """Modules applied in order; sub-modules are named "0", "1", ... as in PyTorch."""
+
+    def __init__(self, *modules):
+        super().__init__()
+        for i, m in enumerate(modules):
+            setattr(self, str(i), m)
+
+    def __getitem__(self, i):
+        return list(self._modules.values())[i]
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+    def forward(self, x):
+        for m in self._modules.values():
+            x = m(x)
+        return x

@@ -1,0 +1,240 @@
+"""``Module``: the container of parameters, buffers and sub-modules, with PyTorch's names."""
+from collections import OrderedDict
+
+import numpy
+
+from .. import backend
+from ..autograd import Tensor
+
+
+class Parameter(Tensor):
+    """A Tensor that a Module learns: it requires grad and is listed by ``parameters()``."""
+
+    def __init__(self, data, requires_grad=True):
+        super().__init__(data, requires_grad=requires_grad)
+
+    def __repr__(self):
+        return f"Parameter(shape={self.shape}, dtype={self.dtype}, backend={self.backend})"
+
+
+class Module:
+    """Base class of every layer and model.
+
+    Assigning a Parameter or a Module to an attribute registers it (in assignment order);
+    ``register_buffer`` registers a raw array that is state but not learned (running statistics).
+    """
+
+    training = True
+
+    def __init__(self):
+        object.__setattr__(self, "_parameters", OrderedDict())
+        object.__setattr__(self, "_buffers", OrderedDict())
+        object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "training", True)
+
+    def __setattr__(self, name, value):
+        if "_parameters" not in self.__dict__:
+            raise RuntimeError(f"{type(self).__name__}.__init__ must call super().__init__() before assigning attributes")
+        if isinstance(value, (Parameter, Module)):
+            for registry in (self._parameters, self._buffers, self._modules):
+                registry.pop(name, None)
+            self.__dict__.pop(name, None)
+            (self._parameters if isinstance(value, Parameter) else self._modules)[name] = value
+        elif name in self._buffers:
+            self._buffers[name] = value  # assigning to a buffer keeps it a buffer
+        elif name in self._parameters or name in self._modules:
+            if value is not None:
+                raise TypeError(f"cannot assign {type(value).__name__} to {name!r}: it holds a "
+                                f"{'Parameter' if name in self._parameters else 'Module'} (or None)")
+            (self._parameters if name in self._parameters else self._modules)[name] = None
+        else:
+            object.__setattr__(self, name, value)
+
+    def __getattr__(self, name):
+        for d in ("_parameters", "_buffers", "_modules"):
+            registry = self.__dict__.get(d)
+            if registry is not None and name in registry:
+                return registry[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __delattr__(self, name):
+        for d in (self._parameters, self._buffers, self._modules):
+            if name in d:
+                del d[name]
+                return
+        object.__delattr__(self, name)
+
+    def register_buffer(self, name, array):
+        """Register ``array`` (or None) as state that is saved and moved but not learned."""
+        self.__dict__.pop(name, None)
+        self._buffers[name] = array
+
+    def register_parameter(self, name, param):
+        if param is not None and not isinstance(param, Parameter):
+            raise TypeError(f"register_parameter({name!r}) needs a Parameter, got {type(param).__name__}")
+        self.__dict__.pop(name, None)
+        self._parameters[name] = param
+
+    # -- running it -------------------------------------------------------------------------
+    def forward(self, *args, **kwargs):
+        raise NotImplementedError(f"{type(self).__name__} must define forward")
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    # -- walking the tree ---------------------------------------------------------------------
+    def named_modules(self, prefix=""):
+        """(dotted name, module) for this module and every descendant, depth first."""
+        stack = [(prefix, self)]
+        while stack:
+            name, m = stack.pop()
+            yield name, m
+            children = [(f"{name}.{k}" if name else k, c) for k, c in m._modules.items() if c is not None]
+            stack.extend(reversed(children))
+
+    def modules(self):
+        for _, m in self.named_modules():
+            yield m
+
+    def named_children(self):
+        return ((k, m) for k, m in self._modules.items() if m is not None)
+
+    def children(self):
+        return (m for _, m in self.named_children())
+
+    def named_parameters(self, prefix=""):
+        """(dotted name, Parameter) in registration order, e.g. ``layer1.0.conv1.weight``."""
+        for name, m in self.named_modules(prefix):
+            for k, p in m._parameters.items():
+                if p is not None:
+                    yield (f"{name}.{k}" if name else k), p
+
+    def parameters(self):
+        for _, p in self.named_parameters():
+            yield p
+
+    def named_buffers(self, prefix=""):
+        for name, m in self.named_modules(prefix):
+            for k, b in m._buffers.items():
+                if b is not None:
+                    yield (f"{name}.{k}" if name else k), b
+
+    def buffers(self):
+        for _, b in self.named_buffers():
+            yield b
+
+    def apply(self, fn):
+        for m in self.modules():
+            fn(m)
+        return self
+
+    # -- modes and gradients ------------------------------------------------------------------
+    def train(self, mode=True):
+        """Training mode (batch statistics in BatchNorm); returns self."""
+        for m in self.modules():
+            object.__setattr__(m, "training", bool(mode))
+        return self
+
+    def eval(self):
+        """Evaluation mode (running statistics in BatchNorm); returns self."""
+        return self.train(False)
+
+    def zero_grad(self):
+        for p in self.parameters():
+            p.grad = None
+
+    def to(self, name):
+        """Move every parameter, gradient and buffer to backend ``name`` in place; returns self."""
+        backend.get_module(name)
+        for m in self.modules():
+            for p in m._parameters.values():
+                if p is not None:
+                    p.data = backend.to_backend(p.data, name)
+                    if p.grad is not None:
+                        p.grad = backend.to_backend(p.grad, name)
+            for k, b in m._buffers.items():
+                if b is not None:
+                    m._buffers[k] = backend.to_backend(b, name)
+        return self
+
+    def astype(self, dtype):
+        """Cast floating parameters and buffers to ``dtype`` (e.g. float64 for gradient checks)."""
+        for m in self.modules():
+            for p in m._parameters.values():
+                if p is not None:
+                    p.data = p.data.astype(dtype)
+                    p.grad = None
+            for k, b in m._buffers.items():
+                if b is not None and b.dtype.kind == "f":
+                    m._buffers[k] = b.astype(dtype)
+        return self
+
+    # -- state ---------------------------------------------------------------------------------
+    def state_dict(self):
+        """Parameters and buffers by dotted name, as raw arrays (module by module: own
+        parameters, own buffers, then children, the order PyTorch uses)."""
+        state = OrderedDict()
+        for name, m in self.named_modules():
+            for k, p in m._parameters.items():
+                if p is not None:
+                    state[f"{name}.{k}" if name else k] = p.data
+            for k, b in m._buffers.items():
+                if b is not None:
+                    state[f"{name}.{k}" if name else k] = b
+        return state
+
+    def load_state_dict(self, state, strict=True):
+        """Copy arrays from ``state`` into this module's parameters and buffers.
+
+        Arrays may come from NumPy or CuPy; they are moved to each target's backend and dtype.
+        With ``strict``, missing or unexpected keys raise; mis-shaped arrays always raise.
+        Returns (missing_keys, unexpected_keys).
+        """
+        targets = OrderedDict()
+        for name, m in self.named_modules():
+            for registry in (m._parameters, m._buffers):
+                for k, v in registry.items():
+                    if v is not None:
+                        targets[f"{name}.{k}" if name else k] = (m, registry, k)
+        missing = [k for k in targets if k not in state]
+        unexpected = [k for k in state if k not in targets]
+        mismatched = []
+        for key, (m, registry, k) in targets.items():
+            if key in state:
+                current = registry[k].data if isinstance(registry[k], Parameter) else registry[k]
+                shape = tuple(numpy.shape(state[key]))
+                if shape != tuple(current.shape):
+                    mismatched.append(f"{key}: checkpoint {shape} vs model {tuple(current.shape)}")
+        problems = []
+        if mismatched:
+            problems.append("shape mismatch for " + "; ".join(mismatched))
+        if strict and missing:
+            problems.append("missing keys: " + ", ".join(missing))
+        if strict and unexpected:
+            problems.append("unexpected keys: " + ", ".join(unexpected))
+        if problems:
+            raise ValueError(f"load_state_dict into {type(self).__name__} failed: " + " | ".join(problems))
+        for key, (m, registry, k) in targets.items():
+            if key not in state:
+                continue
+            current = registry[k]
+            value = state[key] if hasattr(state[key], "dtype") else numpy.asarray(state[key])
+            if isinstance(current, Parameter):
+                current.data = backend.to_backend(value, current.backend).astype(current.dtype, copy=True)
+            else:
+                registry[k] = backend.to_backend(value, backend.backend_of(current)).astype(current.dtype, copy=True)
+        return missing, unexpected
+
+    # -- printing --------------------------------------------------------------------------------
+    def extra_repr(self):
+        return ""
+
+    def __repr__(self):
+        lines = [f"{type(self).__name__}({self.extra_repr()}"]
+        children = list(self.named_children())
+        if not children:
+            return lines[0] + ")"
+        for name, m in children:
+            child = repr(m).replace("\n", "\n  ")
+            lines.append(f"  ({name}): {child}")
+        return "\n".join(lines) + "\n)"
