@@ -9,6 +9,7 @@ from .autograd import Function, Tensor, is_grad_enabled, no_grad
 from .backend import get_array_module, get_backend, set_backend, to_numpy
 from .gradcheck import GradcheckError, gradcheck
 from .nn.init import manual_seed
+from . import profiler
 
 __version__ = "0.1.0"
 

@@ -131,7 +131,7 @@ class Conv2d(Function):
             W2 = W.transpose(0, 2, 3, 1).reshape(o, kh * kw * c)  # (O, kh*kw*C)
             gcol = xp.matmul(W2.T, gy2, out=workspace(xp, (kh * kw * c, n * ho * wo), gy.dtype, "gcol"))
             gx = col2im(gcol.reshape(kh, kw, c, n, ho, wo), x.shape, self.sy, self.sx, self.ph, self.pw)
-        return gx, gW, gb
+        return (gx, gW, gb) if len(self.needs_input_grad) > 2 else (gx, gW)
 
 
 def conv2d(x, W, b=None, stride=1, padding=0):

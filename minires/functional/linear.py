@@ -21,7 +21,7 @@ class Linear(Function):
         gx = gy @ self.W if self.needs_input_grad[0] else None
         gW = gy.T @ self.x if self.needs_input_grad[1] else None
         gb = gy.sum(axis=0) if len(self.needs_input_grad) > 2 and self.needs_input_grad[2] else None
-        return gx, gW, gb
+        return (gx, gW, gb) if len(self.needs_input_grad) > 2 else (gx, gW)
 
 
 def linear(x, W, b=None):
