@@ -1,0 +1,17 @@
+"""CIFAR-10 loading, preprocessing and mini-batch iteration (NumPy on the host, any backend out)."""
+from .cifar import (ARCHIVE_NAME, CIFAR10_CLASSES, CIFAR10_MD5, CIFAR10_URL, FOLDER_NAME,
+                    CorruptArchiveError, DatasetNotFoundError, SafeUnpickler, UnsafePickleError,
+                    default_cache_dir, download_url, extract_archive, find_cifar10, load_batch,
+                    load_cifar10, load_class_names, open_url)
+from .loader import ArrayLoader, make_cifar10_loaders
+from .transforms import (channel_stats, crop_flip, draw_crop_flip, normalize, pixel_mean,
+                         random_crop_flip)
+
+__all__ = [
+    "ARCHIVE_NAME", "CIFAR10_CLASSES", "CIFAR10_MD5", "CIFAR10_URL", "FOLDER_NAME",
+    "CorruptArchiveError", "DatasetNotFoundError", "SafeUnpickler", "UnsafePickleError",
+    "default_cache_dir", "download_url", "extract_archive", "find_cifar10", "load_batch",
+    "load_cifar10", "load_class_names", "open_url",
+    "ArrayLoader", "make_cifar10_loaders",
+    "channel_stats", "crop_flip", "draw_crop_flip", "normalize", "pixel_mean", "random_crop_flip",
+]

@@ -1,0 +1,142 @@
+"""Mini-batches from in-memory arrays: shuffled, normalised, augmented and moved to the backend.
+
+Every random choice of an epoch (the order of the samples and each sample's crop and flip) is
+drawn from ``numpy.random.default_rng([seed, epoch])``. The batches are therefore a pure
+function of (seed, epoch, batch index), and the loader's whole state is three integers, which
+is what makes an interrupted run resume with exactly the batches it would have seen.
+"""
+import math
+
+import numpy
+
+from ..backend import get_array_module, get_backend, get_module, to_backend
+from .cifar import load_cifar10, load_class_names, find_cifar10
+from .transforms import channel_stats, crop_flip, draw_crop_flip, normalize, pixel_mean
+
+__all__ = ["ArrayLoader", "make_cifar10_loaders"]
+
+
+class ArrayLoader:
+    """Iterate ``(x_batch, y_batch)`` over images x (N, C, H, W) uint8 and labels y (N,).
+
+    Each batch is normalised with ``normalize(x, mean, std, dtype)`` (statistics on the
+    0..255 scale, see ``transforms``), then, when ``augment`` is true, padded by ``pad`` and
+    randomly cropped and flipped (after normalising, so the padding is 0 = the mean image, as in
+    the paper). Batches are arrays of the ``backend`` (None: ``minires.backend.get_backend()``);
+    labels are int64. x and y may live on the host or already on that backend.
+
+    One pass over the loader is one epoch; ``len(loader)`` is the number of batches. The last
+    partial batch is kept unless ``drop_last``. ``state_dict()`` / ``load_state_dict()`` save
+    and restore the position (seed, epoch, batch), also in the middle of an epoch.
+    """
+
+    def __init__(self, x, y, batch_size, shuffle=False, drop_last=False, augment=False, seed=0,
+                 mean=None, std=None, dtype="float32", backend=None, pad=4):
+        if getattr(x, "ndim", None) != 4:
+            raise ValueError(f"x must be images of shape (N, C, H, W), found shape {getattr(x, 'shape', None)}")
+        if getattr(y, "shape", None) != (x.shape[0],):
+            raise ValueError(f"y must have shape ({x.shape[0]},) to match x, found {getattr(y, 'shape', None)}")
+        if not isinstance(batch_size, (int, numpy.integer)) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, found {batch_size!r}")
+        if not isinstance(seed, (int, numpy.integer)) or seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, found {seed!r}")
+        if x.shape[0] == 0 or (drop_last and x.shape[0] < batch_size):
+            raise ValueError(f"{x.shape[0]} samples give no batch of size {batch_size}"
+                             + (" with drop_last" if drop_last else ""))
+        self.x, self.y = x, y
+        self.batch_size = int(batch_size)
+        self.shuffle, self.drop_last, self.augment = shuffle, drop_last, augment
+        self.seed, self.pad = int(seed), pad
+        self.dtype = numpy.dtype(dtype)
+        self.backend = backend or get_backend()
+        xp = get_module(self.backend)
+        # Statistics go to the device once, not with every batch.
+        self.mean = None if mean is None else xp.asarray(mean, dtype=self.dtype)
+        self.std = None if std is None else xp.asarray(std, dtype=self.dtype)
+        self.epoch = 0  # the epoch the next iteration produces
+        self.batch = 0  # the batch of that epoch it starts at
+
+    def __len__(self):
+        n = self.x.shape[0]
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def epoch_plan(self, epoch):
+        """Sample order (N,) and crop offsets (N, 2) / flips (N,) (None without augment) of an epoch."""
+        n = self.x.shape[0]
+        rng = numpy.random.default_rng([self.seed, epoch])
+        order = rng.permutation(n) if self.shuffle else numpy.arange(n)
+        offsets, flips = draw_crop_flip(n, self.pad, rng) if self.augment else (None, None)
+        return order, offsets, flips
+
+    def __iter__(self):
+        epoch, start = self.epoch, self.batch
+        order, offsets, flips = self.epoch_plan(epoch)
+        index_xp = get_array_module(self.x)
+        for k in range(start, len(self)):
+            rows = slice(k * self.batch_size, (k + 1) * self.batch_size)
+            idx = index_xp.asarray(order[rows])
+            xb = to_backend(self.x[idx], self.backend)
+            yb = to_backend(self.y[idx], self.backend).astype("int64", copy=False)
+            xb = normalize(xb, self.mean, self.std, self.dtype)
+            if self.augment:
+                xb = crop_flip(xb, offsets[rows], flips[rows], self.pad)
+            # Advance before yielding: a state_dict taken while this batch is in use resumes
+            # with the next one.
+            if k + 1 == len(self):
+                self.epoch, self.batch = epoch + 1, 0
+            else:
+                self.batch = k + 1
+            yield xb, yb
+
+    def state_dict(self):
+        """The position as plain ints: ``{"seed", "epoch", "batch"}``."""
+        return {"seed": self.seed, "epoch": self.epoch, "batch": self.batch}
+
+    def load_state_dict(self, state):
+        """Restore a position saved by ``state_dict``; the next iteration continues from it."""
+        try:
+            seed, epoch, batch = int(state["seed"]), int(state["epoch"]), int(state["batch"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"loader state must hold integer 'seed', 'epoch' and 'batch': {e!r}") from None
+        if seed < 0 or epoch < 0 or not 0 <= batch < len(self):
+            raise ValueError(f"invalid loader state seed={seed} epoch={epoch} batch={batch} "
+                             f"for a loader of {len(self)} batches")
+        self.seed, self.epoch, self.batch = seed, epoch, batch
+
+
+def make_cifar10_loaders(data_dir=None, batch_size=128, seed=0, limit_train=None,
+                         normalization="pixel_mean", backend=None, dtype="float32",
+                         download=False, limit_test=None, augment=True):
+    """CIFAR-10 train and test loaders with the paper's preprocessing.
+
+    Train: shuffled, augmented (pad 4, crop, flip), partial last batch kept. Test: in order, no
+    augmentation. ``normalization`` is "pixel_mean" (the paper: subtract the per-pixel mean
+    image), "channel" (per-channel mean and std) or "none" (scale to [0, 1]); statistics come
+    from the training images in use (the first ``limit_train`` when given). ``limit_test`` keeps
+    the first test images only.
+
+    Returns ``(train_loader, test_loader, info)``; info holds "data_dir", "classes",
+    "normalization", "mean", "std" (NumPy float64, 0..255 scale, or None), "n_train", "n_test".
+    """
+    if normalization not in ("pixel_mean", "channel", "none"):
+        raise ValueError(f"normalization must be 'pixel_mean', 'channel' or 'none', found {normalization!r}")
+    folder = find_cifar10(data_dir, download=download)
+    x_train, y_train, x_test, y_test = load_cifar10(folder)
+    if limit_train is not None:
+        x_train, y_train = x_train[:limit_train], y_train[:limit_train]
+    if limit_test is not None:
+        x_test, y_test = x_test[:limit_test], y_test[:limit_test]
+
+    mean = std = None
+    if normalization == "pixel_mean":
+        mean = pixel_mean(x_train)
+    elif normalization == "channel":
+        mean, std = channel_stats(x_train)
+
+    common = dict(mean=mean, std=std, dtype=dtype, backend=backend)
+    train = ArrayLoader(x_train, y_train, batch_size, shuffle=True, augment=augment, seed=seed, **common)
+    test = ArrayLoader(x_test, y_test, batch_size, **common)
+    info = {"data_dir": str(folder), "classes": load_class_names(folder),
+            "normalization": normalization, "mean": mean, "std": std,
+            "n_train": int(x_train.shape[0]), "n_test": int(x_test.shape[0])}
+    return train, test, info

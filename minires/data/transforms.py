@@ -1,0 +1,149 @@
+"""Image statistics, normalisation and the paper's crop-and-flip augmentation.
+
+All functions take NCHW batches and run on the batch's own backend (NumPy or CuPy). Statistics
+are on the 0..255 pixel scale, as CIFAR-10 papers quote them.
+
+Normalisation scale (our choice): ``normalize`` first maps pixels to [0, 1] (divides by 255),
+then subtracts ``mean / 255`` and, when a std is given, divides by ``std / 255``.
+
+- With a std this is exactly ``(x - mean) / std``: the scale cancels.
+- Without one (the paper's per-pixel mean subtraction) the result is ``(x - mean) / 255``,
+  roughly in [-0.5, 0.5]. The paper subtracts the mean on the 0..255 scale, which differs only
+  by a constant factor of 255 that the first BatchNorm absorbs; the [0, 1] scale keeps the
+  first convolution's inputs of order one.
+"""
+import numpy
+
+from ..backend import get_array_module
+
+__all__ = ["channel_stats", "pixel_mean", "normalize", "crop_flip", "draw_crop_flip",
+           "random_crop_flip"]
+
+
+def _check_images(x, name="x"):
+    if getattr(x, "ndim", None) != 4:
+        raise ValueError(f"{name} must be a batch of images of shape (N, C, H, W), "
+                         f"found shape {getattr(x, 'shape', None)}")
+
+
+def channel_stats(x, chunk=2048):
+    """Per-channel mean and standard deviation of images x (N, C, H, W) on the 0..255 scale.
+
+    Returns two float64 arrays of shape (C,) on x's backend (population std, ddof=0). Works in
+    chunks of images so a float64 copy of the whole data set is never made.
+    """
+    _check_images(x)
+    xp = get_array_module(x)
+    n = x.shape[0] * x.shape[2] * x.shape[3]
+    if n == 0:
+        raise ValueError("channel_stats needs at least one image")
+    total = xp.zeros(x.shape[1], dtype=xp.float64)
+    total_sq = xp.zeros(x.shape[1], dtype=xp.float64)
+    for i in range(0, x.shape[0], chunk):
+        part = x[i:i + chunk].astype(xp.float64)
+        total += part.sum(axis=(0, 2, 3))
+        total_sq += (part * part).sum(axis=(0, 2, 3))
+    mean = total / n
+    # E[x^2] - E[x]^2 is exact here: pixel sums are integers far below 2**53.
+    var = xp.maximum(total_sq / n - mean * mean, 0.0)
+    return mean, xp.sqrt(var)
+
+
+def pixel_mean(x):
+    """The mean image of x (N, C, H, W): float64 of shape (C, H, W), on the 0..255 scale."""
+    _check_images(x)
+    if x.shape[0] == 0:
+        raise ValueError("pixel_mean needs at least one image")
+    return x.mean(axis=0, dtype=get_array_module(x).float64)
+
+
+def _as_stat(xp, s, c, name, dtype):
+    """A mean/std given as (C,) or (C, H, W) -> an array that broadcasts against (N, C, H, W)."""
+    s = xp.asarray(s, dtype=dtype)
+    if s.ndim == 0:
+        return s
+    if s.ndim == 1 and s.shape[0] == c:
+        return s.reshape(c, 1, 1)
+    if s.ndim == 3 and s.shape[0] == c:
+        return s
+    raise ValueError(f"{name} must have shape ({c},) (per channel) or ({c}, H, W) (per pixel), "
+                     f"found {s.shape}")
+
+
+def normalize(x, mean=None, std=None, dtype="float32"):
+    """Normalise uint8 images x (N, C, H, W) to ``dtype``: ``(x/255 - mean/255) / (std/255)``.
+
+    ``mean`` and ``std`` are on the 0..255 scale, shaped (C,) (per channel, e.g. from
+    ``channel_stats``) or (C, H, W) (per pixel, e.g. from ``pixel_mean``). ``std=None`` subtracts
+    the mean only (the paper's per-pixel mean subtraction, giving ``(x - mean) / 255``);
+    ``mean=None`` only scales to [0, 1]. Returns a new array on x's backend.
+    """
+    _check_images(x)
+    xp = get_array_module(x)
+    c = x.shape[1]
+    out = x.astype(dtype)
+    out /= 255.0
+    if mean is not None:
+        out -= _as_stat(xp, mean, c, "mean", dtype) / 255.0
+    if std is not None:
+        out /= _as_stat(xp, std, c, "std", dtype) / 255.0
+    return out
+
+
+def crop_flip(x, offsets, flips, pad=4):
+    """Crop every image out of a zero-padded copy at its own offset, mirroring the flagged ones.
+
+    x: (N, C, H, W); offsets: (N, 2) ints (top, left) into the padded image, each in
+    [0, 2*pad] (``pad, pad`` is the uncropped image); flips: (N,) bools, True mirrors the image
+    left-right. Returns a new (N, C, H, W) array on x's backend; padding is 0 in x's units.
+    No Python loop over images: one gather from a strided view of all crop windows.
+    """
+    _check_images(x)
+    xp = get_array_module(x)
+    n, c, h, w = x.shape
+    offsets = numpy.asarray(offsets)
+    flips = numpy.asarray(flips, dtype=bool)
+    if offsets.shape != (n, 2) or flips.shape != (n,):
+        raise ValueError(f"for {n} images offsets must have shape ({n}, 2) and flips ({n},); "
+                         f"found {offsets.shape} and {flips.shape}")
+    if offsets.size and (offsets.min() < 0 or offsets.max() > 2 * pad):
+        raise ValueError(f"offsets must lie in [0, {2 * pad}] for pad={pad}")
+
+    padded = xp.zeros((n, c, h + 2 * pad, w + 2 * pad), dtype=x.dtype)
+    padded[:, :, pad:pad + h, pad:pad + w] = x
+    # windows[i, ch, dy, dx] is the h x w crop of image i whose top-left corner is (dy, dx).
+    # It is a view (no copy): the two offset axes step through the image like the pixel axes.
+    sn, sc, sh, sw = padded.strides
+    windows = xp.lib.stride_tricks.as_strided(
+        padded, shape=(n, c, 2 * pad + 1, 2 * pad + 1, h, w), strides=(sn, sc, sh, sw, sh, sw))
+    # Advanced indices on axes 0, 2, 3 pick one window per image -> (N, C, H, W).
+    top = xp.asarray(offsets[:, 0])
+    left = xp.asarray(offsets[:, 1])
+    out = windows[xp.arange(n), :, top, left]
+    # The flip indices are found on the host, so CuPy needs no device sync for a boolean mask.
+    flipped = xp.asarray(numpy.flatnonzero(flips))
+    out[flipped] = out[flipped, :, :, ::-1]
+    return out
+
+
+def draw_crop_flip(n, pad=4, rng=None):
+    """Random offsets (n, 2) in [0, 2*pad] and flips (n,) with p = 0.5, as NumPy arrays.
+
+    Drawn on the host from the ``numpy.random.Generator`` ``rng`` (a fresh unseeded one when
+    None), so a seed gives the same augmentation on NumPy and CuPy.
+    """
+    rng = numpy.random.default_rng() if rng is None else rng
+    offsets = rng.integers(0, 2 * pad + 1, size=(n, 2))
+    flips = rng.random(n) < 0.5
+    return offsets, flips
+
+
+def random_crop_flip(x, pad=4, rng=None):
+    """The paper's augmentation for a batch x (N, C, H, W): zero-pad ``pad`` pixels on each
+    side, take a random H x W crop and mirror it left-right with probability 0.5, per image.
+
+    ``rng`` is a ``numpy.random.Generator``; see ``draw_crop_flip`` and ``crop_flip``.
+    """
+    _check_images(x)
+    offsets, flips = draw_crop_flip(x.shape[0], pad, rng)
+    return crop_flip(x, offsets, flips, pad)

@@ -1,0 +1,271 @@
+"""Stochastic gradient descent with momentum, and per-iteration learning-rate schedules.
+
+``SGD`` follows ``torch.optim.SGD`` step for step. For a parameter p with gradient grad:
+
+    g = grad + weight_decay * p
+    buf = g                                    (first step)
+    buf = momentum * buf + (1 - dampening) * g (later steps)
+    g = g + momentum * buf   if nesterov   else   g = buf
+    p = p - lr * g
+
+A parameter is any object with ``.data`` (a NumPy or CuPy array, updated in place) and
+``.grad`` (an array on the same backend, or None to skip it).
+
+Schedules are stepped once per iteration (not per epoch): ``MultiStepLR([32000, 48000])`` is the
+paper's "divide by 10 at 32k and 48k iterations".
+"""
+import bisect
+import math
+
+import numpy
+
+from .backend import get_array_module, to_numpy
+
+__all__ = ["SGD", "LRSchedule", "ConstantLR", "MultiStepLR", "CosineLR"]
+
+_HYPERPARAMETERS = ("lr", "momentum", "dampening", "weight_decay", "nesterov")
+
+
+def _check_group(group, i):
+    where = f"parameter group {i}"
+    if group["lr"] < 0:
+        raise ValueError(f"{where}: invalid learning rate {group['lr']}: must be >= 0")
+    if group["momentum"] < 0:
+        raise ValueError(f"{where}: invalid momentum {group['momentum']}: must be >= 0")
+    if group["weight_decay"] < 0:
+        raise ValueError(f"{where}: invalid weight_decay {group['weight_decay']}: must be >= 0")
+    if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
+        raise ValueError(f"{where}: Nesterov momentum needs momentum > 0 and dampening = 0")
+
+
+class SGD:
+    """SGD with momentum, dampening, Nesterov and L2 weight decay, exactly as PyTorch does it.
+
+    ``params`` is an iterable of parameters, or a list of parameter groups: dicts with a
+    "params" list and any of "lr", "momentum", "dampening", "weight_decay", "nesterov"
+    overriding the defaults given here (e.g. ``{"params": bn_params, "weight_decay": 0.0}``).
+    ``param_groups`` is that list of dicts, filled in with every hyperparameter; a schedule
+    changes "lr" there.
+    """
+
+    def __init__(self, params, lr, momentum=0.0, weight_decay=0.0, nesterov=False, dampening=0.0):
+        defaults = {"lr": lr, "momentum": momentum, "dampening": dampening,
+                    "weight_decay": weight_decay, "nesterov": nesterov}
+        params = list(params)
+        if not params:
+            raise ValueError("SGD got an empty parameter list")
+        if not isinstance(params[0], dict):
+            params = [{"params": params}]
+        self.param_groups = []
+        seen = set()
+        for i, group in enumerate(params):
+            if not isinstance(group, dict) or "params" not in group:
+                raise ValueError(f"parameter group {i} must be a dict with a 'params' list")
+            group = {**defaults, **group, "params": list(group["params"])}
+            _check_group(group, i)
+            for p in group["params"]:
+                if id(p) in seen:
+                    raise ValueError("a parameter appears in more than one parameter group")
+                seen.add(id(p))
+            self.param_groups.append(group)
+        # Momentum buffers, keyed by id(param): parameters need not be hashable.
+        self.state = {}
+
+    def _params(self):
+        """All parameters in group order (their position is their index in state_dict)."""
+        return [p for group in self.param_groups for p in group["params"]]
+
+    def zero_grad(self):
+        """Forget all gradients (set them to None)."""
+        for p in self._params():
+            p.grad = None
+
+    def step(self):
+        """Update every parameter that has a gradient, in place."""
+        for group in self.param_groups:
+            lr, momentum, dampening = group["lr"], group["momentum"], group["dampening"]
+            weight_decay, nesterov = group["weight_decay"], group["nesterov"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                xp = get_array_module(p.data)
+                g = p.grad
+                if weight_decay != 0:
+                    # A new array: the caller's .grad is never modified.
+                    g = xp.multiply(p.data, weight_decay)
+                    g += p.grad
+                if momentum != 0:
+                    buf = self.state.get(id(p))
+                    if buf is None:
+                        buf = self.state[id(p)] = g.copy()
+                    else:
+                        buf *= momentum
+                        buf += g if dampening == 0 else (1 - dampening) * g
+                    g = g + momentum * buf if nesterov else buf
+                p.data -= lr * g
+
+    def state_dict(self):
+        """Plain data: ``{"state": {i: {"momentum_buffer": ndarray}}, "param_groups": [...]}``.
+
+        i is the parameter's position over all groups in order; each group is its
+        hyperparameters plus "params": the list of those positions (PyTorch's layout). Buffers
+        are NumPy copies, so the dict can be flattened into an .npz (e.g. key
+        "state.3.momentum_buffer") and saved.
+        """
+        index = {id(p): i for i, p in enumerate(self._params())}
+        state = {index[key]: {"momentum_buffer": numpy.array(to_numpy(buf), copy=True)}
+                 for key, buf in self.state.items() if key in index}
+        groups, start = [], 0
+        for group in self.param_groups:
+            n = len(group["params"])
+            saved = {k: v for k, v in group.items() if k != "params"}
+            saved["params"] = list(range(start, start + n))
+            groups.append(saved)
+            start += n
+        return {"state": dict(sorted(state.items())), "param_groups": groups}
+
+    def load_state_dict(self, state_dict):
+        """Restore hyperparameters and momentum buffers saved by ``state_dict``.
+
+        The optimizer must have been built with the same groups of the same parameters;
+        buffers are copied onto each parameter's backend and dtype.
+        """
+        groups = state_dict["param_groups"]
+        if len(groups) != len(self.param_groups):
+            raise ValueError(f"state_dict has {len(groups)} parameter groups, "
+                             f"this optimizer has {len(self.param_groups)}")
+        for i, (saved, group) in enumerate(zip(groups, self.param_groups)):
+            if len(saved["params"]) != len(group["params"]):
+                raise ValueError(f"parameter group {i} has {len(group['params'])} parameters, "
+                                 f"the state_dict's has {len(saved['params'])}")
+        params = self._params()
+        buffers = {}
+        for key, entry in state_dict["state"].items():
+            i = int(key)
+            if not 0 <= i < len(params):
+                raise ValueError(f"state_dict has a buffer for parameter {i}, "
+                                 f"but there are only {len(params)}")
+            p, buf = params[i], entry["momentum_buffer"]
+            if tuple(buf.shape) != tuple(p.data.shape):
+                raise ValueError(f"momentum buffer {i} has shape {tuple(buf.shape)}, "
+                                 f"its parameter {tuple(p.data.shape)}")
+            xp = get_array_module(p.data)
+            buffers[id(p)] = xp.array(buf, dtype=p.data.dtype)  # a copy on p's backend
+        for saved, group in zip(groups, self.param_groups):
+            for k, v in saved.items():
+                if k != "params":
+                    group[k] = v
+        self.state = buffers
+
+
+class LRSchedule:
+    """A learning rate that is a function of the iteration, written into the optimizer.
+
+    Subclasses define ``schedule(step)``: the lr of iteration ``step`` (0-based) for the first
+    parameter group, whose lr at construction is ``base_lr``. Every other group gets it scaled
+    by its own starting lr / base_lr. ``lr_at(step)`` adds the optional warm-up: for the first
+    ``warmup_steps`` iterations the lr is ``warmup_lr`` (warmup="constant", the ResNet-110
+    recipe) or rises linearly from ``warmup_lr`` to ``schedule(warmup_steps)`` ("linear");
+    after it, ``schedule(step)`` on the same iteration count (warm-up does not shift it).
+
+    Use: call ``step()`` once after every ``optimizer.step()``. Construction sets the lr of
+    iteration 0; after k calls the groups hold ``lr_at(k)``.
+    """
+
+    def __init__(self, optimizer, warmup_steps=0, warmup_lr=None, warmup="constant"):
+        if warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, found {warmup_steps}")
+        if warmup not in ("constant", "linear"):
+            raise ValueError(f"warmup must be 'constant' or 'linear', found {warmup!r}")
+        if warmup_steps > 0 and (warmup_lr is None or warmup_lr < 0):
+            raise ValueError("a warm-up needs warmup_lr >= 0")
+        self.optimizer = optimizer
+        self.base_lrs = [group["lr"] for group in optimizer.param_groups]
+        if self.base_lrs[0] <= 0:
+            raise ValueError("the first parameter group's lr must be > 0: it is the schedule's base lr")
+        self.warmup_steps, self.warmup_lr, self.warmup = warmup_steps, warmup_lr, warmup
+        self.step_count = 0
+        self._write()
+
+    @property
+    def base_lr(self):
+        return self.base_lrs[0]
+
+    def schedule(self, step):
+        """The lr at iteration ``step`` without warm-up (for the first parameter group)."""
+        raise NotImplementedError
+
+    def lr_at(self, step):
+        """The lr at iteration ``step`` (for the first parameter group), warm-up included."""
+        if step < self.warmup_steps:
+            if self.warmup == "constant":
+                return self.warmup_lr
+            end = self.schedule(self.warmup_steps)
+            return self.warmup_lr + (end - self.warmup_lr) * step / self.warmup_steps
+        return self.schedule(step)
+
+    def _write(self):
+        lr = self.lr_at(self.step_count)
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = lr * (base / self.base_lr)  # ratio first: the first group gets lr exactly
+
+    def step(self):
+        """Advance one iteration and set every group's lr for it."""
+        self.step_count += 1
+        self._write()
+
+    def state_dict(self):
+        """``{"step": int, "base_lrs": [float, ...]}``."""
+        return {"step": self.step_count, "base_lrs": list(self.base_lrs)}
+
+    def load_state_dict(self, state):
+        """Restore the iteration count (and base lrs) and write the matching lr."""
+        base_lrs = [float(lr) for lr in state["base_lrs"]]
+        if len(base_lrs) != len(self.optimizer.param_groups):
+            raise ValueError(f"schedule state has {len(base_lrs)} base lrs, "
+                             f"the optimizer {len(self.optimizer.param_groups)} groups")
+        self.step_count, self.base_lrs = int(state["step"]), base_lrs
+        self._write()
+
+
+class ConstantLR(LRSchedule):
+    """The base lr throughout (with an optional warm-up)."""
+
+    def schedule(self, step):
+        return self.base_lr
+
+
+class MultiStepLR(LRSchedule):
+    """The base lr times ``gamma`` once for every milestone reached: lr(step) =
+    base_lr * gamma ** (number of milestones <= step). The paper: milestones [32000, 48000]."""
+
+    def __init__(self, optimizer, milestones, gamma=0.1, warmup_steps=0, warmup_lr=None,
+                 warmup="constant"):
+        milestones = [int(m) for m in milestones]
+        if any(m < 0 for m in milestones) or milestones != sorted(milestones):
+            raise ValueError(f"milestones must be non-negative and increasing, found {milestones}")
+        if gamma <= 0:
+            raise ValueError(f"gamma must be > 0, found {gamma}")
+        self.milestones, self.gamma = milestones, gamma
+        super().__init__(optimizer, warmup_steps, warmup_lr, warmup)
+
+    def schedule(self, step):
+        return self.base_lr * self.gamma ** bisect.bisect_right(self.milestones, step)
+
+
+class CosineLR(LRSchedule):
+    """Cosine decay from the base lr at step 0 to ``min_lr`` at ``total_steps`` (held after):
+    lr(step) = min_lr + (base_lr - min_lr) * (1 + cos(pi * step / total_steps)) / 2."""
+
+    def __init__(self, optimizer, total_steps, min_lr=0.0, warmup_steps=0, warmup_lr=None,
+                 warmup="constant"):
+        if total_steps <= 0:
+            raise ValueError(f"total_steps must be > 0, found {total_steps}")
+        if min_lr < 0:
+            raise ValueError(f"min_lr must be >= 0, found {min_lr}")
+        self.total_steps, self.min_lr = total_steps, min_lr
+        super().__init__(optimizer, warmup_steps, warmup_lr, warmup)
+
+    def schedule(self, step):
+        t = min(step, self.total_steps) / self.total_steps
+        return self.min_lr + (self.base_lr - self.min_lr) * (1 + math.cos(math.pi * t)) / 2
