@@ -9,9 +9,12 @@ from .autograd import Function, Tensor, is_grad_enabled, no_grad
 from .backend import get_array_module, get_backend, set_backend, to_numpy
 from .gradcheck import GradcheckError, gradcheck
 from .nn.init import manual_seed
-from . import profiler
+from . import models, profiler
+from .serialization import load, save
+from .summary import summary
 
 __version__ = "0.1.0"
 
 __all__ = ["Tensor", "Function", "no_grad", "is_grad_enabled", "set_backend", "get_backend",
-           "get_array_module", "to_numpy", "gradcheck", "GradcheckError", "manual_seed", "backend"]
+           "get_array_module", "to_numpy", "gradcheck", "GradcheckError", "manual_seed", "backend",
+           "models", "profiler", "save", "load", "summary"]

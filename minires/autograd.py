@@ -241,7 +241,8 @@ class Tensor:
 def _accumulate(x, g):
     if g.shape != x.shape:
         raise RuntimeError(f"gradient of shape {g.shape} for a tensor of shape {x.shape}")
-    x.grad = g if x.grad is None else x.grad + g
+    # A copy on first store: backward may hand out read-only broadcast views, or one array to two inputs.
+    x.grad = g.copy() if x.grad is None else x.grad + g
 
 
 def _topological_order(root):

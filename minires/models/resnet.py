@@ -1,0 +1,180 @@
+"""ResNet-18/34/50/101/152 (He et al. 2015) with torchvision's layer names, and their two blocks.
+
+A network is a stem, four stages of residual blocks with 64, 128, 256, 512 base channels, a
+global average pool and a fully connected layer. The first block of stages 2-4 halves the
+height and width (stride 2); wherever a block changes the shape, its shortcut is a 1x1 conv +
+BN projection called ``downsample`` (so the state-dict keys are ``layer2.0.downsample.0.weight``,
+``layer2.0.downsample.1.running_mean`` ... exactly as in torchvision).
+
+Two stems:
+- ``"imagenet"``: 7x7 conv stride 2, BN, ReLU, 3x3 max pool stride 2 (224x224 -> 56x56);
+- ``"cifar"``: 3x3 conv stride 1, BN, ReLU, no pool, so a 32x32 image keeps its resolution
+  into stage 1 (the kuangliu/pytorch-cifar variant).
+"""
+from .. import functional as F
+from .. import nn
+
+
+def conv3x3(in_channels, out_channels, stride=1):
+    """3x3 convolution with padding 1 and no bias (the BN after it has one)."""
+    return nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+
+
+def conv1x1(in_channels, out_channels, stride=1):
+    """1x1 convolution without bias."""
+    return nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False)
+
+
+def projection(in_channels, out_channels, stride):
+    """The projection shortcut: 1x1 conv + BN, as ``Sequential`` so its keys are ``downsample.0/1``."""
+    return nn.Sequential(conv1x1(in_channels, out_channels, stride), nn.BatchNorm2d(out_channels))
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 conv-BN layers and a shortcut: relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x)).
+
+    x (N, in_channels, H, W) -> (N, channels, H / stride, W / stride). ``downsample`` maps x to
+    the output's shape when it changes (a projection, or the parameter-free option-A shortcut of
+    the CIFAR networks); None means the identity.
+    """
+
+    expansion = 1
+
+    def __init__(self, in_channels, channels, stride=1, downsample=None):
+        super().__init__()
+        self.conv1 = conv3x3(in_channels, channels, stride)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.relu = nn.ReLU()
+        self.conv2 = conv3x3(channels, channels)
+        self.bn2 = nn.BatchNorm2d(channels)
+        self.downsample = downsample
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.relu(F.add(out, identity))
+
+
+class Bottleneck(nn.Module):
+    """1x1 (reduce to ``channels``) -> 3x3 (stride here) -> 1x1 (expand to 4 * ``channels``), each
+    followed by BN, with ReLU after the first two and after the residual addition.
+
+    x (N, in_channels, H, W) -> (N, 4 * channels, H / stride, W / stride). Putting the stride on
+    the 3x3 conv rather than the first 1x1 (torchvision's "ResNet v1.5") means no input pixel is
+    skipped by a strided 1x1 conv.
+    """
+
+    expansion = 4
+
+    def __init__(self, in_channels, channels, stride=1, downsample=None):
+        super().__init__()
+        out_channels = channels * self.expansion
+        self.conv1 = conv1x1(in_channels, channels)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.conv2 = conv3x3(channels, channels, stride)
+        self.bn2 = nn.BatchNorm2d(channels)
+        self.conv3 = conv1x1(channels, out_channels)
+        self.bn3 = nn.BatchNorm2d(out_channels)
+        self.relu = nn.ReLU()
+        self.downsample = downsample
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.relu(F.add(out, identity))
+
+
+STEMS = ("cifar", "imagenet")
+
+
+class ResNet(nn.Module):
+    """Stem, four stages of ``block`` (``layers[i]`` blocks each), global average pool, ``fc``.
+
+    x (N, 3, H, W) -> logits (N, num_classes). ``stem`` is "cifar" or "imagenet" (see the module
+    docstring).
+    """
+
+    def __init__(self, block, layers, num_classes=1000, stem="imagenet"):
+        super().__init__()
+        if stem not in STEMS:
+            raise ValueError(f"stem must be one of {', '.join(STEMS)}, got {stem!r}")
+        if len(layers) != 4 or min(layers) < 1:
+            raise ValueError(f"layers must be 4 positive block counts, got {layers!r}")
+        check_num_classes(num_classes)
+        self.stem = stem
+        if stem == "imagenet":
+            self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
+        else:
+            self.conv1 = conv3x3(3, 64)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU()
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1) if stem == "imagenet" else None
+        self.in_channels = 64
+        self.layer1 = self._make_layer(block, 64, layers[0], stride=1)
+        self.layer2 = self._make_layer(block, 128, layers[1], stride=2)
+        self.layer3 = self._make_layer(block, 256, layers[2], stride=2)
+        self.layer4 = self._make_layer(block, 512, layers[3], stride=2)
+        self.avgpool = nn.GlobalAvgPool2d()
+        self.fc = nn.Linear(512 * block.expansion, num_classes)
+
+    def _make_layer(self, block, channels, blocks, stride):
+        """One stage: ``blocks`` blocks, the first with ``stride`` and, if the shape changes, a projection."""
+        out_channels = channels * block.expansion
+        downsample = None
+        if stride != 1 or self.in_channels != out_channels:
+            downsample = projection(self.in_channels, out_channels, stride)
+        stage = [block(self.in_channels, channels, stride, downsample)]
+        self.in_channels = out_channels
+        for _ in range(1, blocks):
+            stage.append(block(out_channels, channels))
+        return nn.Sequential(*stage)
+
+    def forward(self, x):
+        x = self.relu(self.bn1(self.conv1(x)))
+        if self.maxpool is not None:
+            x = self.maxpool(x)
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(self.avgpool(x))
+
+    def extra_repr(self):
+        return f"stem={self.stem!r}"
+
+
+def check_num_classes(num_classes):
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+
+
+def _resnet(block, layers, num_classes, stem):
+    if num_classes is None:
+        num_classes = 1000 if stem == "imagenet" else 10
+    return ResNet(block, layers, num_classes, stem)
+
+
+def resnet18(num_classes=None, stem="cifar"):
+    """ResNet-18: BasicBlock, [2, 2, 2, 2]. ``num_classes`` defaults to 10 for the cifar stem and
+    1000 for the imagenet stem. 11,173,962 parameters (cifar, 10 classes); 11,689,512 (imagenet, 1000)."""
+    return _resnet(BasicBlock, [2, 2, 2, 2], num_classes, stem)
+
+
+def resnet34(num_classes=None, stem="cifar"):
+    """ResNet-34: BasicBlock, [3, 4, 6, 3]. 21,282,122 parameters (cifar, 10 classes)."""
+    return _resnet(BasicBlock, [3, 4, 6, 3], num_classes, stem)
+
+
+def resnet50(num_classes=None, stem="cifar"):
+    """ResNet-50: Bottleneck, [3, 4, 6, 3]. 23,520,842 parameters (cifar, 10); 25,557,032 (imagenet, 1000)."""
+    return _resnet(Bottleneck, [3, 4, 6, 3], num_classes, stem)
+
+
+def resnet101(num_classes=None, stem="cifar"):
+    """ResNet-101: Bottleneck, [3, 4, 23, 3]. 42,512,970 parameters (cifar, 10 classes)."""
+    return _resnet(Bottleneck, [3, 4, 23, 3], num_classes, stem)
+
+
+def resnet152(num_classes=None, stem="cifar"):
+    """ResNet-152: Bottleneck, [3, 8, 36, 3]. 58,156,618 parameters (cifar, 10 classes)."""
+    return _resnet(Bottleneck, [3, 8, 36, 3], num_classes, stem)
