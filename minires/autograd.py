@@ -156,9 +156,12 @@ class Tensor:
             if len(gxs) != len(f.inputs):
                 raise RuntimeError(f"{type(f).__name__}.backward returned {len(gxs)} gradients "
                                    f"for {len(f.inputs)} inputs")
-            for x, gx in zip(f.inputs, gxs):
+            for i, (x, gx) in enumerate(zip(f.inputs, gxs)):
                 if gx is None or not x.requires_grad:
                     continue
+                if gx.shape != x.shape:
+                    raise RuntimeError(f"{type(f).__name__}.backward returned a gradient of shape {gx.shape} "
+                                       f"for input {i} of shape {x.shape}")
                 if x.creator is None:
                     _accumulate(x, gx)
                 else:
@@ -257,6 +260,9 @@ def _topological_order(root):
             order.append(f)
             continue
         stack.append((f, True))
+        if "inputs" not in f.__dict__:
+            raise RuntimeError("this graph was freed by an earlier backward(); recompute the forward pass "
+                               "to back-propagate again")
         for x in f.inputs:
             c = x.creator
             if c is not None and id(c) not in seen:
@@ -270,6 +276,14 @@ def as_tensor(x):
     return x if isinstance(x, Tensor) else Tensor(x)
 
 
+def _constant(c, ref):
+    """A non-Tensor operand as a Tensor: a Python number takes the dtype and backend of the
+    Tensor it meets (so ``x * 0.1`` stays float64 for a float64 x and float32 for a float32 x)."""
+    if ref is not None and isinstance(c, (int, float)) and not isinstance(c, bool) and ref.dtype.kind == "f":
+        return Tensor(backend.get_array_module(ref.data).asarray(c, dtype=ref.dtype))
+    return Tensor(c)
+
+
 class Function:
     """One differentiable operation on raw arrays.
 
@@ -280,7 +294,8 @@ class Function:
     """
 
     def __call__(self, *inputs):
-        inputs = [as_tensor(x) for x in inputs]
+        ref = next((x for x in inputs if isinstance(x, Tensor)), None)
+        inputs = [x if isinstance(x, Tensor) else _constant(x, ref) for x in inputs]
         self.needs_input_grad = tuple(x.requires_grad for x in inputs) if _grad_enabled else (False,) * len(inputs)
         record = any(self.needs_input_grad)
         arrays = [x.data for x in inputs]
@@ -488,7 +503,8 @@ class Transpose(Function):
         self.axes = axes
 
     def forward(self, x):
-        self.ndim = x.ndim
+        if self.axes is not None:
+            self.axes = tuple(a % x.ndim for a in self.axes)  # argsort below needs axes >= 0
         return x.transpose(self.axes)
 
     def backward(self, gy):

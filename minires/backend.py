@@ -79,13 +79,20 @@ def default_module():
     return get_module(get_backend())
 
 
+def _unwrap(a):
+    """The array inside a Tensor; anything else as it is (a CuPy array's ``.data`` is a pointer)."""
+    from .autograd import Tensor  # late: autograd imports this module
+
+    return a.data if isinstance(a, Tensor) else a
+
+
 def get_array_module(*arrays):
     """NumPy or CuPy, whichever the arrays belong to (NumPy when none is a CuPy array).
 
     Tensors are looked through to their ``.data``.
     """
     for a in arrays:
-        a = getattr(a, "data", a)
+        a = _unwrap(a)
         if type(a).__module__.startswith("cupy"):
             return _import_cupy()
     return numpy
@@ -98,7 +105,7 @@ def backend_of(a):
 
 def to_numpy(a):
     """A NumPy copy (or view) of a NumPy or CuPy array, or of a Tensor."""
-    a = getattr(a, "data", a)
+    a = _unwrap(a)
     if isinstance(a, numpy.ndarray):
         return a
     if type(a).__module__.startswith("cupy"):

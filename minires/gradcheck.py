@@ -49,7 +49,10 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, mode="full", n_directi
 
     for x in wrt:
         x.grad = None
-    out.backward(R)
+    try:
+        out.backward(R)
+    except RuntimeError as e:  # e.g. a backward that returns a gradient of the wrong shape
+        raise GradcheckError(f"backward failed: {e}") from e
     analytic = [backend.to_numpy(x.grad) if x.grad is not None else numpy.zeros(x.shape) for x in wrt]
 
     if mode == "full":

@@ -103,10 +103,14 @@ class Module:
         return (m for _, m in self.named_children())
 
     def named_parameters(self, prefix=""):
-        """(dotted name, Parameter) in registration order, e.g. ``layer1.0.conv1.weight``."""
+        """(dotted name, Parameter) in registration order, e.g. ``layer1.0.conv1.weight``.
+
+        A parameter shared by two modules is listed once, so an optimizer updates it once."""
+        seen = set()
         for name, m in self.named_modules(prefix):
             for k, p in m._parameters.items():
-                if p is not None:
+                if p is not None and id(p) not in seen:
+                    seen.add(id(p))
                     yield (f"{name}.{k}" if name else k), p
 
     def parameters(self):
