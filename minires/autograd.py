@@ -272,6 +272,20 @@ def _topological_order(root):
     return order
 
 
+class _Edge:
+    """Where the gradient of a computed (non-leaf) input goes: its creator's output slot.
+
+    Holding this instead of the Tensor lets the input's array be freed as soon as nothing else
+    uses it: a graph keeps only what each backward saved, as PyTorch's does.
+    """
+
+    __slots__ = ("creator", "creator_index", "requires_grad", "shape")
+
+    def __init__(self, x):
+        self.creator, self.creator_index = x.creator, x.creator_index
+        self.requires_grad, self.shape = x.requires_grad, x.shape
+
+
 def as_tensor(x):
     return x if isinstance(x, Tensor) else Tensor(x)
 
@@ -309,8 +323,10 @@ class Function:
         ys = (ys,) if single else ys
         outputs = [Tensor(y, requires_grad=record) for y in ys]
         if record:
-            self.inputs = inputs
-            self.output_meta = [(y.shape, y.dtype) for y in ys]
+            # Leaves are kept (their .grad is filled in); for computed inputs only the way back
+            # to their creator is, so that their arrays are freed unless forward saved them.
+            self.inputs = [x if x.creator is None else _Edge(x) for x in inputs]
+            self.output_meta = [(y.shape, y.dtype, backend.get_array_module(y)) for y in ys]
             self.grad_outputs = [None] * len(ys)
             for i, out in enumerate(outputs):
                 out.creator, out.creator_index = self, i
@@ -323,8 +339,8 @@ class Function:
         raise NotImplementedError(f"{type(self).__name__} must define backward")
 
     def zeros_output(self, i):
-        shape, dtype = self.output_meta[i]
-        return backend.get_array_module(self.inputs[0].data).zeros(shape, dtype)
+        shape, dtype, xp = self.output_meta[i]
+        return xp.zeros(shape, dtype)
 
     def release(self):
         """Drop the saved arrays and the links to the inputs once backward has run."""

@@ -364,7 +364,7 @@ def test_graph_is_freed_after_backward(backend):
     mul_fn = weakref.ref(h.creator)
     bn_out = F.batch_norm(h, None, None, training=True)
     bn_fn = bn_out.creator
-    saved = weakref.ref(bn_fn.xhat)  # an array only the BN Function holds
+    saved = weakref.ref(bn_fn.xc)  # an array only the BN Function holds
     loss = bn_out.exp().sum()
     del h, bn_out
     assert mul_fn() is not None and saved() is not None
@@ -466,3 +466,16 @@ def test_float64_arithmetic_with_python_constants_is_float64_accurate():
     assert Tensor(a).mean().item() == pytest.approx(2.0, rel=1e-14)
     np.testing.assert_allclose((Tensor(a) * 0.1).data, a * 0.1, rtol=1e-14)
     np.testing.assert_allclose((Tensor(a) / 3.0).data, a / 3.0, rtol=1e-14)
+
+
+def test_graph_keeps_only_saved_arrays():
+    # Exp saves its output, not its input: the input's array must not be held by the graph,
+    # which is what keeps a training step's memory near PyTorch's.
+    x = Tensor(np.random.default_rng(9).standard_normal((4, 3)), requires_grad=True)
+    h = x * 2.0
+    h_data = weakref.ref(h.data)
+    loss = h.exp().sum()
+    del h
+    assert h_data() is None, "the graph kept an intermediate array that no backward needs"
+    loss.backward()
+    np.testing.assert_allclose(x.grad, 2.0 * np.exp(2.0 * x.data))

@@ -14,8 +14,7 @@ class ReLU(Function):
         return y
 
     def backward(self, gy):
-        xp = backend.get_array_module(gy)
-        return xp.where(self.y > 0, gy, 0).astype(gy.dtype, copy=False)
+        return gy * (self.y > 0)  # a boolean factor: several times faster than where() in NumPy
 
 
 def relu(x):

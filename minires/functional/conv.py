@@ -9,6 +9,8 @@ is the same loop with ``+=``.
 Layout: the column matrix is (kh, kw, C, N, Ho, Wo), so that ``W2 @ col`` with
 W2 = (O, kh*kw*C) gives (O, N*Ho*Wo) in one product whose long side is contiguous.
 """
+import numpy
+
 from .. import backend
 from ..autograd import Function
 
@@ -83,13 +85,30 @@ def col2im(col, x_shape, sy, sx, ph, pw):
     return xp.ascontiguousarray(xt[:, :, ph:ph + h, pw:pw + w].transpose(1, 0, 2, 3))  # (N, C, H, W)
 
 
+def _batch_chunks(xp, n, bytes_per_image):
+    """Slices of the batch whose column matrix fits in the CPU's cache (about 4 MB).
+
+    Filling a cache-sized column block and multiplying it at once saves a round trip to main
+    memory for each of the kh*kw copies; on the GPU one launch over the whole batch is better.
+    """
+    if xp is not numpy:
+        return [slice(0, n)]
+    nb = max(1, min(n, (4 << 20) // max(1, bytes_per_image)))
+    return [slice(n0, min(n0 + nb, n)) for n0 in range(0, n, nb)]
+
+
 class Conv2d(Function):
     """y[n, o] = sum_{c, i, j} W[o, c, i, j] * xpad[n, c, y*s + i, x*s + j] + b[o].
 
     x (N, C, H, W), W (O, C, kh, kw), b (O,) -> y (N, O, Ho, Wo), Ho = (H + 2p - kh) // s + 1.
-    Backward: gW = gy2 @ col^T, gb = sum of gy over (N, Ho, Wo), gx = col2im(W2^T @ gy2), where
-    gy2 is gy as an (O, N*Ho*Wo) matrix. The column matrix is recomputed in backward rather than
-    kept: it is 9x the input, and keeping one per layer would dominate a step's memory.
+    Forward: y2 = W2 @ col, with W2 = W as an (O, kh*kw*C) matrix and col = im2col(x).
+    Backward, with gy2 = gy as an (O, N*Ho*Wo) matrix:
+      gW = gy2 @ col^T, gb = sum of gy over (N, Ho, Wo), gx = col2im(W2^T @ gy2).
+    For stride 1 gx is computed as what it equals, a convolution of gy with the flipped,
+    transposed kernel W[o, c, kh-1-i, kw-1-j] and padding k-1-p: an im2col of gy and a product
+    with K = kh*kw*O instead of a product with K = O and a 9-fold col2im.
+    The work is done in batch slices that fit in cache, and the column matrix is recomputed in
+    backward rather than kept (it is kh*kw times the input).
     """
 
     def __init__(self, stride=1, padding=0):
@@ -101,16 +120,24 @@ class Conv2d(Function):
         n, c, h, w = x.shape
         o, _, kh, kw = W.shape
         ho, wo = output_size(h, kh, self.sy, self.ph), output_size(w, kw, self.sx, self.pw)
-        col = im2col(x, kh, kw, self.sy, self.sx, self.ph, self.pw,
-                     out=workspace(xp, (kh, kw, c, n, ho, wo), x.dtype, "col"))
         W2 = W.transpose(0, 2, 3, 1).reshape(o, kh * kw * c)  # (O, kh*kw*C), tap-major like col
-        y = W2 @ col.reshape(kh * kw * c, n * ho * wo)  # (O, N*Ho*Wo)
-        y = xp.ascontiguousarray(y.reshape(o, n, ho, wo).transpose(1, 0, 2, 3))  # (N, O, Ho, Wo)
+        y = xp.empty((n, o, ho, wo), x.dtype)
+        for rows in _batch_chunks(xp, n, kh * kw * c * ho * wo * x.itemsize):
+            col = self._im2col(x[rows], kh, kw, self.sy, self.sx, self.ph, self.pw)
+            y2 = W2 @ col.reshape(kh * kw * c, -1)  # (O, nb*Ho*Wo)
+            y[rows] = y2.reshape(o, -1, ho, wo).transpose(1, 0, 2, 3)  # (nb, O, Ho, Wo)
         if b is not None:
             y += b.reshape(1, o, 1, 1)
         if any(self.needs_input_grad):
             self.x, self.W = x, W
         return y
+
+    @staticmethod
+    def _im2col(x, kh, kw, sy, sx, ph, pw):
+        xp = backend.get_array_module(x)
+        n, c, h, w = x.shape
+        shape = (kh, kw, c, n, output_size(h, kh, sy, ph), output_size(w, kw, sx, pw))
+        return im2col(x, kh, kw, sy, sx, ph, pw, out=workspace(xp, shape, x.dtype, "col"))
 
     def backward(self, gy):
         x, W = self.x, self.W
@@ -118,19 +145,33 @@ class Conv2d(Function):
         n, c, h, w = x.shape
         o, _, kh, kw = W.shape
         _, _, ho, wo = gy.shape
-        gy2 = xp.ascontiguousarray(gy.transpose(1, 0, 2, 3)).reshape(o, n * ho * wo)  # (O, N*Ho*Wo)
-        gx = gW = gb = None
-        if self.needs_input_grad[1]:
-            col = im2col(x, kh, kw, self.sy, self.sx, self.ph, self.pw,
-                         out=workspace(xp, (kh, kw, c, n, ho, wo), x.dtype, "col"))
-            gW = gy2 @ col.reshape(kh * kw * c, n * ho * wo).T  # (O, kh*kw*C)
+        need_gx, need_gW = self.needs_input_grad[0], self.needs_input_grad[1]
+        W2 = W.transpose(0, 2, 3, 1).reshape(o, kh * kw * c)  # (O, kh*kw*C)
+        # gx by a stride-1 convolution of gy needs padding k-1-p >= 0
+        transposed = self.sy == 1 and self.sx == 1 and self.ph < kh and self.pw < kw
+        if transposed:
+            Wt = W[:, :, ::-1, ::-1].transpose(2, 3, 0, 1).reshape(kh * kw * o, c).T  # (C, kh*kw*O)
+        gx = xp.empty(x.shape, x.dtype) if need_gx else None
+        gW = xp.zeros((o, kh * kw * c), W.dtype) if need_gW else None
+        for rows in _batch_chunks(xp, n, kh * kw * max(c, o) * ho * wo * x.itemsize):
+            gyc = gy[rows]
+            gy2 = xp.ascontiguousarray(gyc.transpose(1, 0, 2, 3)).reshape(o, -1)  # (O, nb*Ho*Wo)
+            if need_gW:
+                col = self._im2col(x[rows], kh, kw, self.sy, self.sx, self.ph, self.pw)
+                gW += gy2 @ col.reshape(kh * kw * c, -1).T  # (O, kh*kw*C)
+            if need_gx and transposed:
+                colg = self._im2col(gyc, kh, kw, 1, 1, kh - 1 - self.ph, kw - 1 - self.pw)
+                gx2 = Wt @ colg.reshape(kh * kw * o, -1)  # (C, nb*H*W)
+                gx[rows] = gx2.reshape(c, -1, h, w).transpose(1, 0, 2, 3)  # (nb, C, H, W)
+            elif need_gx:
+                gcol = W2.T @ gy2  # (kh*kw*C, nb*Ho*Wo)
+                gx[rows] = col2im(gcol.reshape(kh, kw, c, -1, ho, wo), x[rows].shape,
+                                  self.sy, self.sx, self.ph, self.pw)
+        if need_gW:
             gW = xp.ascontiguousarray(gW.reshape(o, kh, kw, c).transpose(0, 3, 1, 2))  # (O, C, kh, kw)
+        gb = None
         if len(self.needs_input_grad) > 2 and self.needs_input_grad[2]:
-            gb = gy2.sum(axis=1)
-        if self.needs_input_grad[0]:
-            W2 = W.transpose(0, 2, 3, 1).reshape(o, kh * kw * c)  # (O, kh*kw*C)
-            gcol = xp.matmul(W2.T, gy2, out=workspace(xp, (kh * kw * c, n * ho * wo), gy.dtype, "gcol"))
-            gx = col2im(gcol.reshape(kh, kw, c, n, ho, wo), x.shape, self.sy, self.sx, self.ph, self.pw)
+            gb = gy.sum(axis=(0, 2, 3))
         return (gx, gW, gb) if len(self.needs_input_grad) > 2 else (gx, gW)
 
 

@@ -12,6 +12,18 @@ def _per_channel(v, x):
     return v.reshape((1, -1) + (1,) * (x.ndim - 2))
 
 
+def _channel_sum(a):
+    """Sum over every axis but the channel axis 1: (N, C[, H, W]) -> (C,)."""
+    return a.sum(axis=_axes(a))
+
+
+def _channel_dot(a, b):
+    """sum over (N, H, W) of a * b, per channel, in one pass without a temporary."""
+    xp = backend.get_array_module(a)
+    n, c = a.shape[:2]
+    return xp.einsum("nci,nci->c", a.reshape(n, c, -1), b.reshape(n, c, -1))
+
+
 class BatchNormTrain(Function):
     """Training mode: normalise with the batch's own statistics.
 
@@ -22,6 +34,9 @@ class BatchNormTrain(Function):
       gx = gamma / sqrt(var + eps) / M * (M * gy - gbeta - xhat * ggamma).
     The running statistics are updated in place (momentum m): running = (1 - m) running + m batch,
     with the unbiased variance var * M / (M - 1) for running_var.
+
+    Written for few passes over memory: the centred xc = x - mean is kept (xhat = xc * inv_std
+    is never stored), the variance is one dot product, and y = xc * (gamma * inv_std) + beta.
     """
 
     def __init__(self, running_mean=None, running_var=None, momentum=0.1, eps=1e-5):
@@ -30,15 +45,12 @@ class BatchNormTrain(Function):
 
     def forward(self, x, gamma, beta):
         xp = backend.get_array_module(x)
-        axes = _axes(x)
         m = x.size // x.shape[1]
-        mean = x.mean(axis=axes)
+        mean = _channel_sum(x) / m
         xc = x - _per_channel(mean, x)
-        var = (xc * xc).mean(axis=axes)
+        var = _channel_dot(xc, xc) / m
         inv_std = 1.0 / xp.sqrt(var + self.eps)
-        xhat = xc
-        xhat *= _per_channel(inv_std, x)  # reuse xc's memory: it is not needed again
-        y = xhat * _per_channel(gamma, x)
+        y = xc * _per_channel(gamma * inv_std, x)
         y += _per_channel(beta, x)
         if self.running_mean is not None:
             mom = self.momentum
@@ -48,20 +60,23 @@ class BatchNormTrain(Function):
             self.running_var += (mom * m / max(m - 1, 1)) * var.astype(self.running_var.dtype)
         self.running_mean = self.running_var = None
         if any(self.needs_input_grad):
-            self.xhat, self.inv_std, self.gamma = xhat, inv_std, gamma
+            self.xc, self.inv_std, self.gamma = xc, inv_std, gamma
         return y
 
     def backward(self, gy):
-        xhat, inv_std, gamma = self.xhat, self.inv_std, self.gamma
-        axes = _axes(gy)
+        xc, inv_std, gamma = self.xc, self.inv_std, self.gamma
         m = gy.size // gy.shape[1]
-        gbeta = gy.sum(axis=axes)
-        ggamma = (gy * xhat).sum(axis=axes)
+        gbeta = _channel_sum(gy)
+        ggamma = _channel_dot(gy, xc) * inv_std
         gx = None
         if self.needs_input_grad[0]:
-            gx = gy - _per_channel(gbeta / m, gy)
-            gx -= xhat * _per_channel(ggamma / m, gy)
-            gx *= _per_channel(gamma * inv_std, gy)
+            # gx = a * gy + c * xc + b, per channel, with a = gamma * inv_std,
+            # c = -a * inv_std * ggamma / M, b = -a * gbeta / M
+            a = gamma * inv_std
+            gx = gy * _per_channel(a, gy)
+            t = xc * _per_channel(-a * inv_std * ggamma / m, gy)
+            t += _per_channel(-a * gbeta / m, gy)
+            gx += t
         return gx, ggamma, gbeta
 
 
