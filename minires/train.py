@@ -10,9 +10,9 @@ last.npz (model, optimizer, schedule, data position; written atomically at every
 on Ctrl-C), best.npz (the weights with the best test accuracy) and curves.png when matplotlib
 is installed. ``--resume OUT/last.npz`` continues a run exactly where it stopped (and writes
 to OUT unless --out says otherwise). The checkpoint supplies the state (weights, momentum,
-iteration, data position, history); the command line supplies the hyperparameters, so the same
-flags continue the run exactly and a changed one, such as a lower --lr after a loss that blew
-up, applies from the next iteration on. A larger --epochs extends a finished run.
+iteration, data position, history) and, for every option not written on the command line, the
+value its run used; an option that is written, such as a lower --lr after a loss that blew up,
+applies from the next iteration on. A larger --epochs extends a finished run.
 """
 import argparse
 import csv
@@ -496,10 +496,34 @@ def run(args):
     return history[-1] if history else None
 
 
+def given_options(argv):
+    """The options written on the command line (parsed again with every default suppressed)."""
+    quiet = build_parser()
+    for action in quiet._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(quiet.parse_args(argv)))
+
+
+# What a resumed run never takes from its checkpoint: where to resume from, and how to show it.
+_NOT_INHERITED = {"resume", "eval_only", "out", "no_progress"}
+
+
+def inherit_checkpoint_options(args, given):
+    """Options not written on this command line take the values of the run that wrote the
+    checkpoint, so ``--resume OUT/last.npz`` alone continues a run with its own flags."""
+    path = os.path.join(args.resume, "last.npz") if os.path.isdir(args.resume) else args.resume
+    config = load(path).get("config") or {}
+    for key, value in config.items():
+        if key in vars(args) and key not in given and key not in _NOT_INHERITED:
+            setattr(args, key, value)
+
+
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if args.resume:
+            inherit_checkpoint_options(args, given_options(argv))
         run(args)
     except (ValueError, TrainingError, OSError, DatasetNotFoundError, backend.BackendError) as e:
         # DatasetNotFoundError and checkpoint problems land here too: one line, no traceback.

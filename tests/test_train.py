@@ -512,3 +512,16 @@ def test_cosine_and_constant_schedules():
     schedule, _ = schedule_for("--schedule", "constant", "--lr", 0.05, total_steps=100)
     assert isinstance(schedule, ConstantLR)
     assert {schedule.lr_at(s) for s in (0, 50, 99)} == {0.05}
+
+
+def test_resume_alone_takes_the_runs_own_options(cifar10_dir, tmp_path):
+    # "--resume OUT/last.npz" is all an interrupted user has to type: depth, batch size, data
+    # folder, schedule and the rest come from the checkpoint's run, and the result is exact.
+    common = ["--schedule", "constant"]
+    assert run_main(*tiny(cifar10_dir, *common, "--epochs", 2, "--out", tmp_path / "straight")) == 0
+    short = tmp_path / "short"
+    assert run_main(*tiny(cifar10_dir, *common, "--epochs", 1, "--out", short)) == 0
+    assert run_main("--resume", short / "last.npz", "--epochs", 2, "--no-progress") == 0
+    config = json.loads((short / "config.json").read_text())
+    assert config["depth"] == 8 and config["batch_size"] == 64 and config["schedule"] == "constant"
+    assert metric_rows(short) == metric_rows(tmp_path / "straight")
