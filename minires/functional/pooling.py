@@ -27,69 +27,78 @@ def _check(x, name, kh, kw, sy, sx, ph, pw):
                          f"{x.shape[2] + 2 * ph}x{x.shape[3] + 2 * pw} (x {tuple(x.shape)})")
 
 
-class MaxPool2d(Function):
+class _Pool2d(Function):
+    """What max and average pooling share: the window geometry and the padded gradient buffer."""
+
+    def __init__(self, kernel_size, stride, padding):
+        (self.kh, self.kw), (self.sy, self.sx), (self.ph, self.pw) = kernel_size, stride, padding
+
+    def output_shape(self, x):
+        n, c, h, w = x.shape
+        return n, c, output_size(h, self.kh, self.sy, self.ph), output_size(w, self.kw, self.sx, self.pw)
+
+    def taps(self, a, gy_shape):
+        """The window taps over the padded array ``a``, for outputs of shape ``gy_shape``."""
+        return _taps(a, self.kh, self.kw, self.sy, self.sx, gy_shape[2], gy_shape[3])
+
+    def padded_zeros(self, gy):
+        n, c, h, w = self.x_shape
+        return backend.get_array_module(gy).zeros((n, c, h + 2 * self.ph, w + 2 * self.pw), gy.dtype)
+
+    def unpad(self, gx):
+        h, w = self.x_shape[2:]
+        return gx[:, :, self.ph:self.ph + h, self.pw:self.pw + w]
+
+
+class MaxPool2d(_Pool2d):
     """y[n, c, y, x] = max over the window of xpad (padding is -inf, so it never wins).
 
     Backward routes gy to the first position in the window that holds the maximum.
     """
 
-    def __init__(self, kernel_size, stride, padding):
-        (self.kh, self.kw), (self.sy, self.sx), (self.ph, self.pw) = kernel_size, stride, padding
-
     def forward(self, x):
         xp = backend.get_array_module(x)
-        n, c, h, w = x.shape
-        ho, wo = output_size(h, self.kh, self.sy, self.ph), output_size(w, self.kw, self.sx, self.pw)
-        x_pad = pad2d(x, self.ph, self.pw, value=-xp.inf)
-        y = xp.full((n, c, ho, wo), -xp.inf, dtype=x.dtype)
-        argmax = xp.zeros((n, c, ho, wo), xp.int8 if self.kh * self.kw < 128 else xp.int32)
-        for i, j, view in _taps(x_pad, self.kh, self.kw, self.sy, self.sx, ho, wo):
+        shape = self.output_shape(x)
+        y = xp.full(shape, -xp.inf, dtype=x.dtype)
+        argmax = xp.zeros(shape, xp.int8 if self.kh * self.kw < 128 else xp.int32)
+        for i, j, view in self.taps(pad2d(x, self.ph, self.pw, value=-xp.inf), shape):
             better = view > y  # strict: ties keep the earlier tap
             xp.copyto(y, view, where=better)
             xp.copyto(argmax, i * self.kw + j, where=better, casting="unsafe")
+        self.x_shape = x.shape
         if self.needs_input_grad[0]:
-            self.x_shape, self.argmax = x.shape, argmax
+            self.argmax = argmax
         return y
 
     def backward(self, gy):
-        xp = backend.get_array_module(gy)
-        n, c, h, w = self.x_shape
-        _, _, ho, wo = gy.shape
-        gx = xp.zeros((n, c, h + 2 * self.ph, w + 2 * self.pw), gy.dtype)
-        for i, j, view in _taps(gx, self.kh, self.kw, self.sy, self.sx, ho, wo):
-            view += xp.where(self.argmax == i * self.kw + j, gy, 0)
-        return gx[:, :, self.ph:self.ph + h, self.pw:self.pw + w]
+        gx = self.padded_zeros(gy)
+        for i, j, view in self.taps(gx, gy.shape):
+            view += gy * (self.argmax == i * self.kw + j)
+        return self.unpad(gx)
 
 
-class AvgPool2d(Function):
+class AvgPool2d(_Pool2d):
     """y = mean of the kh*kw window of the zero-padded input (padding counts, as PyTorch's default).
 
     Backward spreads gy / (kh*kw) over each window.
     """
 
-    def __init__(self, kernel_size, stride, padding):
-        (self.kh, self.kw), (self.sy, self.sx), (self.ph, self.pw) = kernel_size, stride, padding
-
     def forward(self, x):
         xp = backend.get_array_module(x)
-        n, c, h, w = x.shape
-        ho, wo = output_size(h, self.kh, self.sy, self.ph), output_size(w, self.kw, self.sx, self.pw)
-        y = xp.zeros((n, c, ho, wo), x.dtype)
-        for _, _, view in _taps(pad2d(x, self.ph, self.pw), self.kh, self.kw, self.sy, self.sx, ho, wo):
+        shape = self.output_shape(x)
+        y = xp.zeros(shape, x.dtype)
+        for _, _, view in self.taps(pad2d(x, self.ph, self.pw), shape):
             y += view
         y *= 1.0 / (self.kh * self.kw)
         self.x_shape = x.shape
         return y
 
     def backward(self, gy):
-        xp = backend.get_array_module(gy)
-        n, c, h, w = self.x_shape
-        _, _, ho, wo = gy.shape
-        gx = xp.zeros((n, c, h + 2 * self.ph, w + 2 * self.pw), gy.dtype)
+        gx = self.padded_zeros(gy)
         g = gy * (1.0 / (self.kh * self.kw))
-        for _, _, view in _taps(gx, self.kh, self.kw, self.sy, self.sx, ho, wo):
+        for _, _, view in self.taps(gx, gy.shape):
             view += g
-        return gx[:, :, self.ph:self.ph + h, self.pw:self.pw + w]
+        return self.unpad(gx)
 
 
 class GlobalAvgPool2d(Function):
