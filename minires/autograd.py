@@ -141,9 +141,10 @@ class Tensor:
         if self.creator is None:
             _accumulate(self, grad)
             return
+        order = _topological_order(self.creator)  # raises if an earlier backward freed the graph
         self.creator.grad_outputs[self.creator_index] = grad
 
-        for f in _topological_order(self.creator):
+        for f in order:
             gys = [gy if gy is not None else f.zeros_output(i) for i, gy in enumerate(f.grad_outputs)]
             if _profiler is not None:
                 start = time.perf_counter()
@@ -165,10 +166,9 @@ class Tensor:
                 if x.creator is None:
                     _accumulate(x, gx)
                 else:
-                    slot = x.creator.grad_outputs
-                    i = x.creator_index
+                    slot, k = x.creator.grad_outputs, x.creator_index
                     # out of place: a backward may hand the same array to two inputs
-                    slot[i] = gx if slot[i] is None else slot[i] + gx
+                    slot[k] = gx if slot[k] is None else slot[k] + gx
             f.release()
 
     # -- operators ----------------------------------------------------------------------

@@ -479,3 +479,11 @@ def test_graph_keeps_only_saved_arrays():
     assert h_data() is None, "the graph kept an intermediate array that no backward needs"
     loss.backward()
     np.testing.assert_allclose(x.grad, 2.0 * np.exp(2.0 * x.data))
+
+
+def test_second_backward_on_a_freed_graph_says_so():
+    x = Tensor(np.ones(3), requires_grad=True)
+    loss = (x * x).sum()
+    loss.backward()
+    with pytest.raises(RuntimeError, match="freed by an earlier backward"):
+        loss.backward()
