@@ -193,7 +193,7 @@ class LRSchedule:
 
     def schedule(self, step):
         """The lr at iteration ``step`` without warm-up (for the first parameter group)."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must define schedule(step)")
 
     def lr_at(self, step):
         """The lr at iteration ``step`` (for the first parameter group), warm-up included."""
