@@ -1,0 +1,1 @@
+"""Helpers shared across minires: convolution geometry (``conv``) and file I/O (``io``)."""
