@@ -58,11 +58,11 @@ class Profiler:
 
     def table(self, steps=1):
         """The per-op table as text; ``steps`` divides the times to give per-step figures."""
-        lines = [f"{'op':<22}{'phase':<10}{'calls/step':>11}{'ms/step':>10}{'share':>8}"]
+        lines = [f"{'op':<26}{'phase':<10}{'calls/step':>11}{'ms/step':>10}{'share':>8}"]
         for op, phase, calls, seconds, share in self.rows():
-            lines.append(f"{op:<22}{phase:<10}{calls / steps:>11.1f}{1e3 * seconds / steps:>10.2f}{100 * share:>7.1f}%")
+            lines.append(f"{op:<26}{phase:<10}{calls / steps:>11.1f}{1e3 * seconds / steps:>10.2f}{100 * share:>7.1f}%")
         total = sum(self.seconds.values())
-        lines.append(f"{'total':<32}{'':>11}{1e3 * total / steps:>10.2f}")
+        lines.append(f"{'total':<36}{'':>11}{1e3 * total / steps:>10.2f}")
         return "\n".join(lines)
 
 

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from minires import Tensor, gradcheck
 from minires import backend as mb
 from minires import functional as F
+from minires.utils import conv as conv_utils
 
 MODES = ["full", "directional"]
 FEW = settings(max_examples=20, deadline=None)
@@ -70,6 +71,27 @@ def naive_conv2d(x, W, b, stride, padding):
                                     s += W[o, c, i, j] * x[n, c, r, q]
                     y[n, o, yy, xx] = s
     return y
+
+
+def naive_conv2d_backward(x, W, gy, stride, padding):
+    """gx and gW of the convolution by the chain rule, one product at a time."""
+    sy, sx = stride
+    ph, pw = padding
+    n_, c_, h, w = x.shape
+    o_, _, kh, kw = W.shape
+    gx, gW = np.zeros(x.shape), np.zeros(W.shape)
+    for n in range(n_):
+        for o in range(o_):
+            for yy in range(gy.shape[2]):
+                for xx in range(gy.shape[3]):
+                    for c in range(c_):
+                        for i in range(kh):
+                            for j in range(kw):
+                                r, q = yy * sy + i - ph, xx * sx + j - pw
+                                if 0 <= r < h and 0 <= q < w:
+                                    gW[o, c, i, j] += gy[n, o, yy, xx] * x[n, c, r, q]
+                                    gx[n, c, r, q] += gy[n, o, yy, xx] * W[o, c, i, j]
+    return gx, gW
 
 
 def naive_pool(x, k, s, p, kind):
@@ -185,18 +207,70 @@ def test_conv2d_gradcheck_explicit_grad_output_and_frozen_weight(backend):
     assert W.grad is None
 
 
+@pytest.mark.parametrize("conv", [F.conv2d, F.conv2d_simple], ids=["fast", "simple"])
 @settings(max_examples=20, deadline=None)
 @given(data=st.data())
-def test_conv2d_forward_matches_direct_loops(backend, data):
+def test_conv2d_forward_and_backward_match_direct_loops(backend, conv, data):
     case = data.draw(conv_case(full=True))
     rng = seed_of(data)
     x0, W0 = rng.standard_normal(case["x"]), rng.standard_normal(case["W"])
     b0 = rng.standard_normal(case["W"][0]) if case["bias"] else None
-    y = F.conv2d(leaf(backend, x0), leaf(backend, W0), None if b0 is None else leaf(backend, b0),
-                 stride=case["stride"], padding=case["padding"])
+    x, W = leaf(backend, x0), leaf(backend, W0)
+    b = None if b0 is None else leaf(backend, b0)
+    y = conv(x, W, b, stride=case["stride"], padding=case["padding"])
     ref = naive_conv2d(x0, W0, b0, case["s"], case["p"])
     assert y.shape == ref.shape
     np.testing.assert_allclose(host(y), ref, rtol=1e-10, atol=1e-10)
+    gy = rng.uniform(-2, 2, ref.shape)
+    y.backward(raw(backend, gy))
+    gx_ref, gW_ref = naive_conv2d_backward(x0, W0, gy, case["s"], case["p"])
+    np.testing.assert_allclose(host(x.grad), gx_ref, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(host(W.grad), gW_ref, rtol=1e-10, atol=1e-10)
+    if b is not None:
+        np.testing.assert_allclose(host(b.grad), gy.sum(axis=(0, 2, 3)), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@settings(max_examples=15, deadline=None)
+@given(data=st.data())
+def test_conv2d_simple_gradcheck(backend, mode, data):
+    case = data.draw(conv_case(full=mode == "full"))
+    rng = seed_of(data)
+    inputs = [leaf(backend, rng.standard_normal(case["x"])), leaf(backend, rng.standard_normal(case["W"]))]
+    if case["bias"]:
+        inputs.append(leaf(backend, rng.standard_normal(case["W"][0])))
+    fn = lambda *t: F.conv2d_simple(*t, stride=case["stride"], padding=case["padding"])
+    assert gradcheck(fn, inputs, mode=mode)
+
+
+@pytest.mark.parametrize("shape, W_shape, stride, padding", [
+    ((8, 16, 16, 16), (16, 16, 3, 3), 1, 1),   # ResNet's 3x3: the stride-1 transposed-conv backward
+    ((8, 16, 16, 16), (32, 16, 3, 3), 2, 1),   # downsampling: the col2im backward
+    ((4, 8, 9, 7), (4, 8, 1, 1), 2, 0),        # 1x1 projection shortcut
+    ((2, 3, 12, 11), (5, 3, 7, 5), (2, 3), (3, 1)),
+    ((64, 4, 12, 12), (6, 4, 3, 3), 1, 1),     # a batch larger than one cache-sized slice
+])
+def test_conv2d_fast_matches_simple(backend, shape, W_shape, stride, padding):
+    """The fast convolution (batch slices, workspace, transposed-conv backward) gives the plain one's numbers."""
+    rng = np.random.default_rng(7)
+    x0, W0, b0 = rng.standard_normal(shape), rng.standard_normal(W_shape), rng.standard_normal(W_shape[0])
+    results = []
+    for conv in (F.conv2d, F.conv2d_simple):
+        x, W, b = leaf(backend, x0), leaf(backend, W0), leaf(backend, b0)
+        y = conv(x, W, b, stride=stride, padding=padding)
+        y.backward(raw(backend, np.random.default_rng(8).uniform(-2, 2, y.shape)))
+        results.append([host(a) for a in (y.data, x.grad, W.grad, b.grad)])
+    for fast, simple in zip(*results):
+        np.testing.assert_allclose(fast, simple, rtol=1e-10, atol=1e-10)
+
+
+def test_conv2d_fast_matches_simple_in_float32(backend):
+    rng = np.random.default_rng(3)
+    x0, W0 = rng.standard_normal((16, 8, 10, 10)), rng.standard_normal((8, 8, 3, 3))
+    ys = [host(conv(leaf(backend, x0, dtype=np.float32), leaf(backend, W0, dtype=np.float32), padding=1))
+          for conv in (F.conv2d, F.conv2d_simple)]
+    assert ys[0].dtype == ys[1].dtype == np.float32
+    np.testing.assert_allclose(ys[0], ys[1], rtol=1e-4, atol=1e-4)
 
 
 def test_conv2d_float32_forward_matches_loops(backend):
@@ -224,9 +298,9 @@ def test_im2col_col2im_adjoint(backend, case, seed):
     shape, (kh, kw), (sy, sx), (ph, pw) = case
     rng = np.random.default_rng(seed)
     x0 = rng.standard_normal(shape)
-    col = F.im2col(raw(backend, x0), kh, kw, sy, sx, ph, pw)
+    col = conv_utils.im2col(raw(backend, x0), kh, kw, sy, sx, ph, pw)
     c0 = rng.standard_normal(col.shape)
-    back = F.col2im(raw(backend, c0), shape, sy, sx, ph, pw)
+    back = conv_utils.col2im(raw(backend, c0), shape, sy, sx, ph, pw)
     assert back.shape == shape
     lhs = float((host(col) * c0).sum())
     rhs = float((x0 * host(back)).sum())
@@ -240,6 +314,21 @@ def test_im2col_col2im_adjoint(backend, case, seed):
                 for xx in range(col.shape[5]):
                     ref[i, j, :, :, yy, xx] = xpad[:, :, yy * sy + i, xx * sx + j].T
     np.testing.assert_array_equal(host(col), ref)
+
+
+def test_conv_utils_pair_output_size_and_workspace():
+    assert conv_utils.pair(3, "stride") == (3, 3)
+    assert conv_utils.pair((2, 1), "stride") == (2, 1)
+    for bad in [(1, 2, 3), "ab", 1.5, (1.0, 2), None]:
+        with pytest.raises(ValueError, match="stride must be an int or a pair of ints"):
+            conv_utils.pair(bad, "stride")
+    assert conv_utils.output_size(32, 3, 2, 1) == 16 and conv_utils.output_size(7, 7, 1, 0) == 1
+    a = conv_utils.workspace(np, (4, 5), np.float32, "test")
+    b = conv_utils.workspace(np, (2, 3), np.float32, "test")
+    assert a.shape == (4, 5) and b.shape == (2, 3) and np.shares_memory(a, b)  # one buffer per role
+    assert not np.shares_memory(b, conv_utils.workspace(np, (2, 3), np.float32, "other"))
+    conv_utils.clear_workspace()
+    assert not np.shares_memory(b, conv_utils.workspace(np, (2, 3), np.float32, "test"))
 
 
 # =================================================================================================
@@ -616,3 +705,21 @@ def test_add_and_pad_channels_bad_input():
         F.pad_channels(t((2, 3, 4)), 6)
     with pytest.raises(ValueError, match="fewer"):
         F.pad_channels(t((1, 4, 2, 2)), 2)
+
+
+@pytest.mark.parametrize("op", ["conv2d", "conv2d_simple", "linear"])
+def test_frozen_or_absent_bias(backend, op):
+    """The Function knows whether it was given a bias from its inputs, not from how many need grads."""
+    rng = np.random.default_rng(5)
+    if op == "linear":
+        x0, W0, fn = rng.standard_normal((3, 4)), rng.standard_normal((2, 4)), F.linear
+    else:
+        x0, W0 = rng.standard_normal((2, 3, 5, 5)), rng.standard_normal((2, 3, 3, 3))
+        fn = lambda x, W, b=None: getattr(F, op)(x, W, b, padding=1)
+    x, W = leaf(backend, x0), leaf(backend, W0)
+    b = leaf(backend, rng.standard_normal(2), requires_grad=False)
+    assert gradcheck(lambda x, W: fn(x, W, b), [x, W])
+    assert b.grad is None
+    y = fn(x, W)
+    y.backward(raw(backend, np.ones(y.shape)))
+    assert x.grad is not None and W.grad is not None

@@ -3,7 +3,7 @@ from .. import backend
 from ..autograd import Function
 
 
-class ReLU(Function):
+class ReLUFunction(Function):
     """y = max(x, 0); gx = gy where y > 0, else 0 (the subgradient 0 is taken at x = 0)."""
 
     def forward(self, x):
@@ -19,4 +19,4 @@ class ReLU(Function):
 
 def relu(x):
     """Rectified linear unit, element-wise: max(x, 0)."""
-    return ReLU()(x)
+    return ReLUFunction()(x)

@@ -1,90 +1,59 @@
 """2-D convolution as im2col + one matrix product (and its backward through col2im).
 
-A convolution slides a (C, kh, kw) filter over the image. im2col copies, for every kernel
-tap (i, j), the input pixels that tap sees into one row block of a matrix, so that the whole
-convolution becomes a single matrix product with the (O, kh*kw*C) weight matrix. The copies are
-a loop over the kh x kw taps, each one strided slice of the padded input; col2im, its adjoint,
-is the same loop with ``+=``.
+A convolution slides a (C, kh, kw) filter over the image. im2col (``minires.utils.conv``)
+copies, for every kernel tap (i, j), the input pixels that tap sees into one block of a
+matrix, so that the whole convolution becomes a single matrix product with the weights.
 
-Layout: the column matrix is (kh, kw, C, N, Ho, Wo), so that ``W2 @ col`` with
-W2 = (O, kh*kw*C) gives (O, N*Ho*Wo) in one product whose long side is contiguous.
+Read ``Conv2dSimpleFunction`` first: the idea in a dozen lines, with a plain backward.
+``Conv2dFunction`` computes the same numbers faster (it is what ``conv2d`` and ``nn.Conv2d``
+use): it works in cache-sized batch slices, reuses scratch buffers and computes the stride-1
+input gradient as a convolution; the tests check each against the other and against loops.
 """
 import numpy
 
 from .. import backend
 from ..autograd import Function
+from ..utils.conv import col2im, im2col, output_size, pair, workspace
 
-_workspace = {}
 
+class Conv2dSimpleFunction(Function):
+    """y[n, o] = sum_{c, i, j} W[o, c, i, j] * xpad[n, c, y*s + i, x*s + j] + b[o], plainly.
 
-def workspace(xp, shape, dtype, role):
-    """A scratch array of ``shape`` (contents undefined), carved from one buffer per role.
-
-    The column matrices are the largest arrays of a training step (kh*kw times their input).
-    Reusing one buffer, grown to the largest request, saves the page faults of fresh
-    allocations (on NumPy they cost more than filling the matrix) and keeps the memory that is
-    written next already in cache.
+    x (N, C, H, W), W (O, C, kh, kw), b (O,) -> y (N, O, Ho, Wo), Ho = (H + 2p - kh) // s + 1.
+    Forward: col = im2col(x) (kh, kw, C, N, Ho, Wo), then one tensor product that sums over
+    (C, kh, kw): y = W . col. Backward, from the same col:
+      gW = gy . col (summed over N, Ho, Wo), gb = sum of gy over (N, Ho, Wo),
+      gx = col2im(W^T . gy) (summed over O), the overlapping taps added up.
+    The column matrix is kept for backward (kh*kw times the input: the price of simplicity).
     """
-    size = int(numpy.prod(shape))
-    key = (xp.__name__, numpy.dtype(dtype).str, role)
-    buf = _workspace.get(key)
-    if buf is None or buf.size < size:
-        buf = _workspace[key] = xp.empty(size, dtype)
-    return buf[:size].reshape(shape)
 
+    def __init__(self, stride=1, padding=0):
+        self.sy, self.sx = pair(stride, "stride")
+        self.ph, self.pw = pair(padding, "padding")
 
-def clear_workspace():
-    """Free the cached scratch buffers."""
-    _workspace.clear()
+    def forward(self, x, W, b=None):
+        xp = backend.get_array_module(x)
+        kh, kw = W.shape[2:]
+        col = im2col(x, kh, kw, self.sy, self.sx, self.ph, self.pw)  # (kh, kw, C, N, Ho, Wo)
+        # W axes (C, kh, kw) meet col axes (C, kh, kw) = (2, 0, 1): (O, N, Ho, Wo)
+        y = xp.tensordot(W, col, axes=((1, 2, 3), (2, 0, 1)))
+        y = xp.ascontiguousarray(y.transpose(1, 0, 2, 3))  # (N, O, Ho, Wo)
+        self.has_bias = b is not None
+        if self.has_bias:
+            y += b.reshape(1, -1, 1, 1)
+        self.x_shape, self.W, self.col = x.shape, W, col
+        return y
 
-
-def output_size(size, k, s, p):
-    return (size + 2 * p - k) // s + 1
-
-
-def _pair(v, name):
-    if isinstance(v, int):
-        return v, v
-    v = tuple(v)
-    if len(v) != 2 or not all(isinstance(n, int) for n in v):
-        raise ValueError(f"{name} must be an int or a pair of ints, got {v!r}")
-    return v
-
-
-def pad2d(x, ph, pw, value=0):
-    """x (N, C, H, W) -> (N, C, H + 2ph, W + 2pw), borders filled with ``value``."""
-    if ph == 0 and pw == 0:
-        return x
-    xp = backend.get_array_module(x)
-    n, c, h, w = x.shape
-    out = xp.full((n, c, h + 2 * ph, w + 2 * pw), value, dtype=x.dtype)
-    out[:, :, ph:ph + h, pw:pw + w] = x
-    return out
-
-
-def im2col(x, kh, kw, sy, sx, ph, pw, out=None):
-    """x (N, C, H, W) -> col (kh, kw, C, N, Ho, Wo) with col[i, j, c, n, y, x] = xpad[n, c, y*sy + i, x*sx + j]."""
-    xp = backend.get_array_module(x)
-    n, c, h, w = x.shape
-    ho, wo = output_size(h, kh, sy, ph), output_size(w, kw, sx, pw)
-    xt = pad2d(x, ph, pw).transpose(1, 0, 2, 3)  # (C, N, Hp, Wp) view
-    col = xp.empty((kh, kw, c, n, ho, wo), x.dtype) if out is None else out
-    for i in range(kh):
-        for j in range(kw):
-            col[i, j] = xt[:, :, i:i + sy * ho:sy, j:j + sx * wo:sx]
-    return col
-
-
-def col2im(col, x_shape, sy, sx, ph, pw):
-    """The adjoint of im2col: col (kh, kw, C, N, Ho, Wo) -> x (N, C, H, W), overlapping taps summed."""
-    xp = backend.get_array_module(col)
-    kh, kw, c, n, ho, wo = col.shape
-    _, _, h, w = x_shape
-    xt = xp.zeros((c, n, h + 2 * ph, w + 2 * pw), col.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            xt[:, :, i:i + sy * ho:sy, j:j + sx * wo:sx] += col[i, j]
-    return xp.ascontiguousarray(xt[:, :, ph:ph + h, pw:pw + w].transpose(1, 0, 2, 3))  # (N, C, H, W)
+    def backward(self, gy):
+        xp = backend.get_array_module(gy)
+        # gy axes (N, Ho, Wo) meet col axes (N, Ho, Wo) = (3, 4, 5): (O, kh, kw, C)
+        gW = xp.tensordot(gy, self.col, axes=((0, 2, 3), (3, 4, 5))).transpose(0, 3, 1, 2)  # (O, C, kh, kw)
+        # W axis O meets gy axis O: (C, kh, kw, N, Ho, Wo)
+        gcol = xp.tensordot(self.W, gy, axes=(0, 1)).transpose(1, 2, 0, 3, 4, 5)  # (kh, kw, C, N, Ho, Wo)
+        gx = col2im(gcol, self.x_shape, self.sy, self.sx, self.ph, self.pw)
+        if not self.has_bias:
+            return gx, gW
+        return gx, gW, gy.sum(axis=(0, 2, 3))
 
 
 def _batch_chunks(xp, n, bytes_per_image):
@@ -99,7 +68,7 @@ def _batch_chunks(xp, n, bytes_per_image):
     return [slice(n0, min(n0 + nb, n)) for n0 in range(0, n, nb)]
 
 
-class Conv2d(Function):
+class Conv2dFunction(Function):
     """y[n, o] = sum_{c, i, j} W[o, c, i, j] * xpad[n, c, y*s + i, x*s + j] + b[o].
 
     x (N, C, H, W), W (O, C, kh, kw), b (O,) -> y (N, O, Ho, Wo), Ho = (H + 2p - kh) // s + 1.
@@ -114,8 +83,8 @@ class Conv2d(Function):
     """
 
     def __init__(self, stride=1, padding=0):
-        self.sy, self.sx = _pair(stride, "stride")
-        self.ph, self.pw = _pair(padding, "padding")
+        self.sy, self.sx = pair(stride, "stride")
+        self.ph, self.pw = pair(padding, "padding")
 
     def forward(self, x, W, b=None):
         xp = backend.get_array_module(x)
@@ -128,7 +97,8 @@ class Conv2d(Function):
             col = self._im2col(x[rows], kh, kw, self.sy, self.sx, self.ph, self.pw)
             y2 = W2 @ col.reshape(kh * kw * c, -1)  # (O, nb*Ho*Wo)
             y[rows] = y2.reshape(o, -1, ho, wo).transpose(1, 0, 2, 3)  # (nb, O, Ho, Wo)
-        if b is not None:
+        self.has_bias = b is not None
+        if self.has_bias:
             y += b.reshape(1, o, 1, 1)
         if any(self.needs_input_grad):
             self.x, self.W = x, W
@@ -171,10 +141,38 @@ class Conv2d(Function):
                                   self.sy, self.sx, self.ph, self.pw)
         if need_gW:
             gW = xp.ascontiguousarray(gW.reshape(o, kh, kw, c).transpose(0, 3, 1, 2))  # (O, C, kh, kw)
-        gb = None
-        if len(self.needs_input_grad) > 2 and self.needs_input_grad[2]:
-            gb = gy.sum(axis=(0, 2, 3))
-        return (gx, gW, gb) if len(self.needs_input_grad) > 2 else (gx, gW)
+        if not self.has_bias:
+            return gx, gW
+        gb = gy.sum(axis=(0, 2, 3)) if self.needs_input_grad[2] else None
+        return gx, gW, gb
+
+
+def _check_conv2d(name, x, W, b, stride, padding):
+    """The (stride, padding) pairs of a valid convolution, or a one-line error saying what is wrong."""
+    sy, sx = pair(stride, "stride")
+    ph, pw = pair(padding, "padding")
+    if x.ndim != 4:
+        raise ValueError(f"{name} expects x of shape (N, C, H, W), got {tuple(x.shape)}")
+    if W.ndim != 4:
+        raise ValueError(f"{name} expects W of shape (O, C, kh, kw), got {tuple(W.shape)}")
+    if x.shape[1] != W.shape[1]:
+        raise ValueError(f"{name}: x has {x.shape[1]} channels (shape {tuple(x.shape)}) but W expects "
+                         f"{W.shape[1]} (shape {tuple(W.shape)})")
+    if sy < 1 or sx < 1 or ph < 0 or pw < 0:
+        raise ValueError(f"{name}: stride must be >= 1 and padding >= 0, got stride={stride}, padding={padding}")
+    kh, kw = W.shape[2:]
+    if kh > x.shape[2] + 2 * ph or kw > x.shape[3] + 2 * pw:
+        raise ValueError(f"{name}: kernel {kh}x{kw} is larger than the padded input "
+                         f"{x.shape[2] + 2 * ph}x{x.shape[3] + 2 * pw} (x {tuple(x.shape)}, padding {padding})")
+    if b is not None and tuple(b.shape) != (W.shape[0],):
+        raise ValueError(f"{name}: bias must have shape ({W.shape[0]},), got {tuple(b.shape)}")
+    return (sy, sx), (ph, pw)
+
+
+def conv2d_simple(x, W, b=None, stride=1, padding=0):
+    """``conv2d`` computed the plain way (``Conv2dSimpleFunction``): for reading and as a test reference."""
+    f = Conv2dSimpleFunction(*_check_conv2d("conv2d_simple", x, W, b, stride, padding))
+    return f(x, W) if b is None else f(x, W, b)
 
 
 def conv2d(x, W, b=None, stride=1, padding=0):
@@ -182,22 +180,5 @@ def conv2d(x, W, b=None, stride=1, padding=0):
 
     ``stride`` and ``padding`` are ints or (vertical, horizontal) pairs; ``b`` is (O,) or None.
     """
-    sy, sx = _pair(stride, "stride")
-    ph, pw = _pair(padding, "padding")
-    if x.ndim != 4:
-        raise ValueError(f"conv2d expects x of shape (N, C, H, W), got {tuple(x.shape)}")
-    if W.ndim != 4:
-        raise ValueError(f"conv2d expects W of shape (O, C, kh, kw), got {tuple(W.shape)}")
-    if x.shape[1] != W.shape[1]:
-        raise ValueError(f"conv2d: x has {x.shape[1]} channels (shape {tuple(x.shape)}) but W expects "
-                         f"{W.shape[1]} (shape {tuple(W.shape)})")
-    if sy < 1 or sx < 1 or ph < 0 or pw < 0:
-        raise ValueError(f"conv2d: stride must be >= 1 and padding >= 0, got stride={stride}, padding={padding}")
-    kh, kw = W.shape[2:]
-    if kh > x.shape[2] + 2 * ph or kw > x.shape[3] + 2 * pw:
-        raise ValueError(f"conv2d: kernel {kh}x{kw} is larger than the padded input "
-                         f"{x.shape[2] + 2 * ph}x{x.shape[3] + 2 * pw} (x {tuple(x.shape)}, padding {padding})")
-    if b is not None and tuple(b.shape) != (W.shape[0],):
-        raise ValueError(f"conv2d: bias must have shape ({W.shape[0]},), got {tuple(b.shape)}")
-    f = Conv2d((sy, sx), (ph, pw))
+    f = Conv2dFunction(*_check_conv2d("conv2d", x, W, b, stride, padding))
     return f(x, W) if b is None else f(x, W, b)

@@ -5,7 +5,7 @@ from .. import backend
 from ..autograd import Function, Tensor
 
 
-class CrossEntropy(Function):
+class CrossEntropyFunction(Function):
     """loss = -(1/N) sum_n sum_k t[n, k] log softmax(x)[n, k],
     t = (1 - eps) onehot(labels) + eps / K  (label smoothing eps).
 
@@ -57,4 +57,4 @@ def cross_entropy(logits, labels, label_smoothing=0.0):
         raise ValueError(f"cross_entropy: labels must lie in [0, {k}), found {numpy.unique(bad)[:5].tolist()}")
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"cross_entropy: label_smoothing must lie in [0, 1], got {label_smoothing}")
-    return CrossEntropy(labels.astype(xp.int64, copy=False), label_smoothing)(logits)
+    return CrossEntropyFunction(labels.astype(xp.int64, copy=False), label_smoothing)(logits)

@@ -24,7 +24,7 @@ def _channel_dot(a, b):
     return xp.einsum("nci,nci->c", a.reshape(n, c, -1), b.reshape(n, c, -1))
 
 
-class BatchNormTrain(Function):
+class BatchNormTrainFunction(Function):
     """Training mode: normalise with the batch's own statistics.
 
     mean = E[x], var = E[(x - mean)^2] over the M = N*H*W values of each channel (biased),
@@ -80,7 +80,7 @@ class BatchNormTrain(Function):
         return gx, ggamma, gbeta
 
 
-class BatchNormEval(Function):
+class BatchNormEvalFunction(Function):
     """Evaluation mode: a fixed per-channel affine map from the running statistics.
 
     y = gamma * (x - running_mean) / sqrt(running_var + eps) + beta = x * scale + shift.
@@ -132,7 +132,7 @@ def batch_norm(x, gamma, beta, running_mean=None, running_var=None, training=Tru
     if training:
         if x.size // c < 2:
             raise ValueError(f"batch_norm in training needs more than one value per channel, got x of shape {tuple(x.shape)}")
-        return BatchNormTrain(running_mean, running_var, momentum, eps)(x, gamma, beta)
+        return BatchNormTrainFunction(running_mean, running_var, momentum, eps)(x, gamma, beta)
     if running_mean is None or running_var is None:
         raise ValueError("batch_norm in evaluation mode needs running_mean and running_var")
-    return BatchNormEval(running_mean, running_var, eps)(x, gamma, beta)
+    return BatchNormEvalFunction(running_mean, running_var, eps)(x, gamma, beta)

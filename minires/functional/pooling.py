@@ -5,7 +5,7 @@ slice of the (padded) input, reduced with max or sum; backward is the same loop 
 """
 from .. import backend
 from ..autograd import Function
-from .conv import _pair, output_size, pad2d
+from ..utils.conv import output_size, pad2d, pair
 
 
 def _taps(x_pad, kh, kw, sy, sx, ho, wo):
@@ -27,7 +27,7 @@ def _check(x, name, kh, kw, sy, sx, ph, pw):
                          f"{x.shape[2] + 2 * ph}x{x.shape[3] + 2 * pw} (x {tuple(x.shape)})")
 
 
-class _Pool2d(Function):
+class _Pool2dFunction(Function):
     """What max and average pooling share: the window geometry and the padded gradient buffer."""
 
     def __init__(self, kernel_size, stride, padding):
@@ -50,7 +50,7 @@ class _Pool2d(Function):
         return gx[:, :, self.ph:self.ph + h, self.pw:self.pw + w]
 
 
-class MaxPool2d(_Pool2d):
+class MaxPool2dFunction(_Pool2dFunction):
     """y[n, c, y, x] = max over the window of xpad (padding is -inf, so it never wins).
 
     Backward routes gy to the first position in the window that holds the maximum.
@@ -77,7 +77,7 @@ class MaxPool2d(_Pool2d):
         return self.unpad(gx)
 
 
-class AvgPool2d(_Pool2d):
+class AvgPool2dFunction(_Pool2dFunction):
     """y = mean of the kh*kw window of the zero-padded input (padding counts, as PyTorch's default).
 
     Backward spreads gy / (kh*kw) over each window.
@@ -101,7 +101,7 @@ class AvgPool2d(_Pool2d):
         return self.unpad(gx)
 
 
-class GlobalAvgPool2d(Function):
+class GlobalAvgPool2dFunction(Function):
     """y[n, c] = mean over (H, W) of x[n, c]; gx = gy / (H*W) broadcast over (H, W)."""
 
     def forward(self, x):
@@ -115,25 +115,25 @@ class GlobalAvgPool2d(Function):
 
 
 def _window(x, name, kernel_size, stride, padding):
-    kh, kw = _pair(kernel_size, "kernel_size")
-    sy, sx = _pair(kernel_size if stride is None else stride, "stride")
-    ph, pw = _pair(padding, "padding")
+    kh, kw = pair(kernel_size, "kernel_size")
+    sy, sx = pair(kernel_size if stride is None else stride, "stride")
+    ph, pw = pair(padding, "padding")
     _check(x, name, kh, kw, sy, sx, ph, pw)
     return (kh, kw), (sy, sx), (ph, pw)
 
 
 def max_pool2d(x, kernel_size, stride=None, padding=0):
     """Max pooling of NCHW ``x``; ``stride`` defaults to ``kernel_size``."""
-    return MaxPool2d(*_window(x, "max_pool2d", kernel_size, stride, padding))(x)
+    return MaxPool2dFunction(*_window(x, "max_pool2d", kernel_size, stride, padding))(x)
 
 
 def avg_pool2d(x, kernel_size, stride=None, padding=0):
     """Average pooling of NCHW ``x`` (zero padding counted in the mean); ``stride`` defaults to ``kernel_size``."""
-    return AvgPool2d(*_window(x, "avg_pool2d", kernel_size, stride, padding))(x)
+    return AvgPool2dFunction(*_window(x, "avg_pool2d", kernel_size, stride, padding))(x)
 
 
 def global_avg_pool2d(x):
     """(N, C, H, W) -> (N, C): the mean of each feature map."""
     if x.ndim != 4:
         raise ValueError(f"global_avg_pool2d expects x of shape (N, C, H, W), got {tuple(x.shape)}")
-    return GlobalAvgPool2d()(x)
+    return GlobalAvgPool2dFunction()(x)

@@ -2,7 +2,7 @@
 import numpy
 
 from .. import backend, functional as F
-from ..functional.conv import _pair
+from ..utils.conv import pair
 from . import init
 from .module import Module, Parameter
 
@@ -19,8 +19,8 @@ class Conv2d(Module):
         if in_channels < 1 or out_channels < 1:
             raise ValueError(f"Conv2d needs positive channel counts, got in={in_channels}, out={out_channels}")
         self.in_channels, self.out_channels = in_channels, out_channels
-        self.kernel_size = _pair(kernel_size, "kernel_size")
-        self.stride, self.padding = _pair(stride, "stride"), _pair(padding, "padding")
+        self.kernel_size = pair(kernel_size, "kernel_size")
+        self.stride, self.padding = pair(stride, "stride"), pair(padding, "padding")
         self.weight = init.kaiming_normal_(Parameter(_empty((out_channels, in_channels) + self.kernel_size)))
         if bias:
             self.bias = init.constant_(Parameter(_empty((out_channels,))), 0.0)
