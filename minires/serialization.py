@@ -12,14 +12,15 @@ minires. Everything else goes into one JSON document, member ``__meta__.json``, 
 the nesting and points at the arrays by name. Loading uses ``allow_pickle=False``: opening a
 file runs no code from it.
 
-The file is written atomically: to a temporary file in the same directory, flushed and
-fsync'ed, then renamed over ``path`` with ``os.replace``, so a crash mid-write leaves either the
-old file or the new one, never half of one.
+The file is written atomically (``minires.utils.io.atomic_write``), so a crash mid-write leaves
+either the old file or the new one, never half of one. A file is read with bounds: an array
+whose header claims more bytes than its archive member holds, or metadata nested deeper than
+``MAX_DEPTH``, is refused with a ValueError before anything is allocated for it.
 """
 import errno
 import json
+import math
 import os
-import secrets
 import zipfile
 import zlib
 
@@ -27,9 +28,13 @@ import numpy
 
 from . import backend
 from .autograd import Tensor
+from .utils.io import atomic_write
 
 META_KEY = "__meta__.json"
 FORMAT_VERSION = 1
+# A checkpoint nests about six levels deep (optimizer/state/<i>/momentum_buffer); far deeper
+# metadata is not a minires file, and decoding it would exhaust Python's recursion limit.
+MAX_DEPTH = 100
 
 # Markers in the JSON tree for what JSON has no type for. A dict whose keys are not all strings,
 # or that uses one of these names as a key, is written as {"__items__": [[key, value], ...]}.
@@ -73,10 +78,13 @@ def _encode(value, path, arrays):
                     f"strings, None, and lists, tuples or dicts of them")
 
 
-def _decode(data, arrays):
+def _decode(data, arrays, depth=0):
     """The inverse of ``_encode``."""
+    if depth > MAX_DEPTH:
+        raise ValueError(f"the metadata is nested more than {MAX_DEPTH} levels deep")
+    depth += 1
     if isinstance(data, list):
-        return [_decode(v, arrays) for v in data]
+        return [_decode(v, arrays, depth) for v in data]
     if not isinstance(data, dict):
         return data
     if len(data) == 1:
@@ -86,10 +94,10 @@ def _decode(data, arrays):
         if marker == SCALAR:
             return arrays[content][()]
         if marker == TUPLE:
-            return tuple(_decode(v, arrays) for v in content)
+            return tuple(_decode(v, arrays, depth) for v in content)
         if marker == ITEMS:
-            return {_hashable(_decode(k, arrays)): _decode(v, arrays) for k, v in content}
-    return {k: _decode(v, arrays) for k, v in data.items()}
+            return {_hashable(_decode(k, arrays, depth)): _decode(v, arrays, depth) for k, v in content}
+    return {k: _decode(v, arrays, depth) for k, v in data.items()}
 
 
 def _hashable(key):
@@ -117,37 +125,41 @@ def save(obj, path):
     meta = json.dumps({"format": "minires", "version": FORMAT_VERSION, "tree": tree})
     arrays[META_KEY] = numpy.array(meta)
 
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(errno.ENOENT, "cannot save: no such directory", directory)
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp")
-    # O_EXCL: never reuse someone else's file; mode 0o666 lets the umask decide, as open() would
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            _write_npz(f, arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_directory(directory)
+    with atomic_write(path) as f:
+        _write_npz(f, arrays)
 
 
-def _fsync_directory(directory):
-    """Make the rename itself durable (POSIX); not possible, and not needed, on Windows."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+def _read_member(archive, info):
+    """One .npy member of an open zip archive, refused if its header claims more than it holds."""
+    with archive.open(info) as f:
+        version = numpy.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, _, dtype = numpy.lib.format.read_array_header_1_0(f)
+        else:
+            shape, _, dtype = numpy.lib.format.read_array_header_2_0(f)
+    if dtype.hasobject:
+        raise ValueError(f"member {info.filename!r} holds Python objects, which only pickle can read")
+    claimed = math.prod(shape) * dtype.itemsize
+    if claimed > info.file_size:
+        raise ValueError(f"member {info.filename!r} claims an array of shape {shape} ({claimed:,} bytes) "
+                         f"but holds {info.file_size:,} bytes")
+    with archive.open(info) as f:
+        return numpy.lib.format.read_array(f, allow_pickle=False)
+
+
+def _read_npz(path):
+    """The arrays of an .npz archive by name (without ".npy"), each checked by ``_read_member``."""
+    if not zipfile.is_zipfile(path):
+        with open(path, "rb") as f:
+            magic = f.read(6)
+        raise ValueError("it holds a single .npy array, not an .npz archive" if magic == b"\x93NUMPY"
+                         else "it is not a zip archive")
+    arrays = {}
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            name = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+            arrays[name] = _read_member(archive, info)
+    return arrays
 
 
 def load(path):
@@ -161,17 +173,19 @@ def load(path):
     if not os.path.exists(path):
         raise FileNotFoundError(errno.ENOENT, "no such checkpoint file", path)
     try:
-        npz = numpy.load(path, allow_pickle=False)
-        if not isinstance(npz, numpy.lib.npyio.NpzFile):
-            raise ValueError("it holds a single .npy array, not an .npz archive")
-        with npz:
-            arrays = {name: npz[name] for name in npz.files}
+        arrays = _read_npz(path)
         if META_KEY not in arrays:
             return arrays
         meta = json.loads(str(arrays.pop(META_KEY)))
+        if not isinstance(meta, dict):
+            raise ValueError(f"the metadata is a {type(meta).__name__}, not a dict")
         if meta.get("format") != "minires" or meta.get("version") != FORMAT_VERSION:
             raise ValueError(f"unknown format {meta.get('format')!r} version {meta.get('version')!r}")
         return _decode(meta["tree"], arrays)
-    except (ValueError, EOFError, KeyError, TypeError, AttributeError, zipfile.BadZipFile, zlib.error) as e:
+    except RecursionError:  # json.loads of metadata nested thousands deep
+        raise ValueError(f"cannot load {path!r}: not a valid minires .npz file (its metadata is nested "
+                         f"more than {MAX_DEPTH} levels deep)") from None
+    except (ValueError, EOFError, KeyError, TypeError, AttributeError, IndexError, zipfile.BadZipFile,
+            zipfile.LargeZipFile, NotImplementedError, zlib.error) as e:
         raise ValueError(f"cannot load {path!r}: not a valid minires .npz file "
                          f"({type(e).__name__}: {e})") from e

@@ -13,48 +13,43 @@ to OUT unless --out says otherwise). The checkpoint supplies the state (weights,
 iteration, data position, history) and, for every option not written on the command line, the
 value its run used; an option that is written, such as a lower --lr after a loss that blew up,
 applies from the next iteration on. A larger --epochs extends a finished run.
+
+This file is the command line only: it checks the options, builds the model, data, optimizer
+and schedule, and hands them to ``minires.training.fit`` (the loop and its pieces: snapshot,
+metrics, curves, progress bar, NaN guard, Ctrl-C).
 """
 import argparse
-import csv
-import json
 import math
 import os
+import pickle
 import re
-import signal
 import sys
-import threading
-import time
 
 import numpy
 
 from . import backend, models
-from . import functional as F
-from .autograd import Tensor, no_grad
 from .data import DatasetNotFoundError, make_cifar10_loaders
 from .nn.init import manual_seed
 from .optim import SGD, ConstantLR, CosineLR, MultiStepLR
-from .profiler import section
-from .serialization import load, save
+from .training import (CheckpointError, Interrupted, NonFiniteError, OutOfMemoryError, TrainingError,
+                       TrainState, evaluate, fit, read_checkpoint)
+from .training.guard import non_finite
+from .training.metrics import write_config
+from .utils.io import remove_stale_temporaries
+
+# Bounds that catch a typo before it starts a run that cannot work: a learning rate above
+# MAX_LR diverges on any of these networks, momentum >= 1 makes the steps grow without end,
+# and weight decay >= 1 shrinks every weight to 0 faster than the gradient can move it.
+MAX_LR = 10.0
+MAX_EPOCHS = 10_000  # the paper trains 164; 10,000 epochs of ResNet-20 are weeks on a GPU
+CIFAR10_TRAIN_IMAGES = 50_000
 
 
-class TrainingError(RuntimeError):
-    """A run that cannot go on (a loss that is no longer finite, a checkpoint that does not fit)."""
-
-
-class Interrupted(Exception):
-    """Ctrl-C stopped a training epoch. ``resumable``: the model, optimizer, schedule and loader
-    in memory agree, so a checkpoint of them continues the run as if it had not stopped."""
-
-    def __init__(self, resumable):
-        super().__init__("interrupted")
-        self.resumable = resumable
-
-
-def build_parser():
+def build_parser(exit_on_error=True):
     p = argparse.ArgumentParser(
         prog="python -m minires.train",
         description="Train a ResNet on CIFAR-10 with minires. Defaults reproduce He et al. 2015 (ResNet-20).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter, exit_on_error=exit_on_error)
     m = p.add_argument_group("model")
     m.add_argument("--model", help="any name from minires.models.names() (e.g. resnet56, resnet110v2, resnet18); "
                                    "overrides --depth")
@@ -98,22 +93,67 @@ def build_parser():
     return p
 
 
+def _check_range(args, name, low, high, low_open=False, high_open=True):
+    """--name must be a finite number in [low, high) (or (low, high) with ``low_open``)."""
+    value = getattr(args, name)
+    flag = "--" + name.replace("_", "-")
+    if not math.isfinite(value):
+        raise ValueError(f"{flag} must be a finite number, got {value}")
+    if value < low or (low_open and value == low) or value > high or (high_open and value == high):
+        interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        raise ValueError(f"{flag} must lie in {interval}, got {value:g}")
+
+
 def check_args(args):
-    """Reject values that would fail later, with a one-line reason."""
+    """Reject values that would fail later, or train nothing useful, with a one-line reason."""
     for name in ("epochs", "batch_size"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     for name in ("limit_train", "limit_test"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    if args.lr <= 0:
-        raise ValueError(f"--lr must be positive, got {args.lr}")
-    if args.momentum < 0 or args.weight_decay < 0 or (args.warmup or 0) < 0:
-        raise ValueError("--momentum, --weight-decay and --warmup must not be negative")
-    if not 0 <= args.label_smoothing < 1:
-        raise ValueError(f"--label-smoothing must lie in [0, 1), got {args.label_smoothing}")
+    _check_range(args, "lr", 0, MAX_LR, low_open=True, high_open=False)
+    _check_range(args, "warmup_lr", 0, MAX_LR, low_open=True, high_open=False)
+    _check_range(args, "momentum", 0, 1)
+    _check_range(args, "weight_decay", 0, 1)
+    _check_range(args, "label_smoothing", 0, 1)
+    if (args.warmup or 0) < 0:
+        raise ValueError(f"--warmup must not be negative, got {args.warmup}")
+    if args.epochs > MAX_EPOCHS:
+        images = min(args.limit_train or CIFAR10_TRAIN_IMAGES, CIFAR10_TRAIN_IMAGES)
+        iterations = args.epochs * math.ceil(images / args.batch_size)
+        raise ValueError(f"--epochs {args.epochs} is more than {MAX_EPOCHS:,} (the paper trains 164): "
+                         f"{iterations:.3g} iterations would not finish")
     if args.eval_only and not args.resume:
         raise ValueError("--eval-only needs --resume CHECKPOINT")
+
+
+def physical_memory():
+    """Bytes of RAM on this machine, or None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_size(args):
+    """Refuse a --depth whose weights alone would not fit in this machine's memory (a typo such as
+    6000002 would otherwise spend hours building a model that cannot train), with the estimate.
+
+    A CIFAR ResNet v1 of depth 6n+2 has about 97,000 parameters per n (3 stages of 2 convs of
+    3x3, 16/32/64 channels: 9 * 2 * (16^2 + 32^2 + 64^2) = 97,344); training keeps the weights,
+    their gradients, the momentum and a temporary, 4 copies, before any activation.
+    """
+    if args.model is not None or args.depth < 2 or (args.depth - 2) % 6:
+        return  # the registry's models are of known size; a wrong depth fails in models
+    n = (args.depth - 2) // 6
+    parameters = 97_344 * n
+    need = 4 * parameters * numpy.dtype(args.dtype).itemsize
+    have = physical_memory()
+    if have is not None and need > have:
+        raise ValueError(f"--depth {args.depth} would build a ResNet of about {parameters:.3g} parameters, "
+                         f"whose training needs at least {need / 2**30:,.0f} GiB before any activation; "
+                         f"this machine has {have / 2**30:,.0f} GiB (the paper's deepest is 1202)")
 
 
 # Settings a checkpoint is tied to. The weights were trained on inputs normalised with the
@@ -125,21 +165,14 @@ SAME_BATCHES = ("batch_size", "seed", "no_augment")
 
 
 def check_resume(args, checkpoint, path):
-    """Reject a --resume checkpoint that cannot continue this run: one without the training state
-    (best.npz holds the weights only), or one made with other values of the settings above."""
-    if not args.eval_only:
-        missing = [k for k in ("optimizer", "schedule", "loader", "epoch", "partial", "best_acc")
-                   if k not in checkpoint]
-        if missing:
-            raise TrainingError(f"{path} has no training state ({', '.join(missing)}) to resume from; "
-                                f"resume from a last.npz, or evaluate it with --eval-only")
+    """Reject a --resume checkpoint made with other values of the settings above."""
     config = checkpoint.get("config") or {}
     names = SAME_INPUTS if args.eval_only else SAME_INPUTS + SAME_BATCHES
     for name in names:
         if name in config and config[name] != getattr(args, name):
             flag = "--" + name.replace("_", "-")
-            raise TrainingError(f"checkpoint {path} was made with {flag}={config[name]}, this run has "
-                                f"{flag}={getattr(args, name)}; pass the same {flag}")
+            raise CheckpointError(f"checkpoint {path} was made with {flag}={config[name]}, this run has "
+                                  f"{flag}={getattr(args, name)}; pass the same {flag}")
 
 
 def model_name(args):
@@ -185,353 +218,166 @@ def build_schedule(args, optimizer, total_steps):
     return ConstantLR(optimizer, **common)
 
 
-class StopRequest:
-    """Ctrl-C while training, turned into a request to stop where a checkpoint can be written.
-
-    A KeyboardInterrupt can strike between any two bytecodes, e.g. when the optimizer has
-    updated half of the weights, and a checkpoint of that state would not continue the run it
-    came from. So inside ``with StopRequest() as stop:`` the first Ctrl-C only sets
-    ``stop.requested``; the training loop looks at it after every batch and after every epoch.
-    A second Ctrl-C raises KeyboardInterrupt at once, for when that wait is too long.
-    """
-
-    def __init__(self):
-        self.requested = False
-        self.installed = False
-
-    def __enter__(self):
-        # Only where Ctrl-C would raise KeyboardInterrupt: in the main thread (the only one that
-        # may set signal handlers), and not where SIGINT is ignored (a job started in the
-        # background by a script) or handled by someone else.
-        if (threading.current_thread() is threading.main_thread()
-                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
-            signal.signal(signal.SIGINT, self._on_ctrl_c)
-            self.installed = True
-        return self
-
-    def __exit__(self, *exc_info):
-        if self.installed:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            self.installed = False
-
-    def _on_ctrl_c(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        print("\nCtrl-C: stopping after this batch (or this evaluation) to save a checkpoint; "
-              "Ctrl-C again stops at once, without saving", file=sys.stderr, flush=True)
-
-
-class Progress:
-    """A one-line progress bar: tqdm when installed, else a carriage-return line on stderr."""
-
-    def __init__(self, total, desc, enabled=True):
-        self.total, self.desc, self.enabled, self.n = total, desc, enabled, 0
-        self.start = time.perf_counter()
-        self.bar = None
-        if enabled:
-            try:
-                from tqdm import tqdm
-                self.bar = tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
-            except ImportError:
-                pass
-
-    def update(self, **metrics):
-        self.n += 1
-        if not self.enabled:
-            return
-        text = " ".join(f"{k}={v}" for k, v in metrics.items())
-        if self.bar is not None:
-            self.bar.set_postfix_str(text, refresh=False)
-            self.bar.update(1)
-        elif self.n == self.total or self.n % 5 == 0:
-            print(f"\r{self.desc} {self.n}/{self.total} {text}   ", end="", file=sys.stderr, flush=True)
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
-        elif self.enabled:
-            print("\r" + " " * 100 + "\r", end="", file=sys.stderr, flush=True)
-
-
-def evaluate(model, loader, label_smoothing=0.0):
-    """Mean loss and accuracy over a loader, in eval mode and without a graph."""
-    model.eval()
-    total_loss, correct, seen = 0.0, 0, 0
-    with no_grad():
-        for xb, yb in loader:
-            logits = model(Tensor(xb))
-            n = len(yb)
-            total_loss += F.cross_entropy(logits, yb, label_smoothing).item() * n
-            correct += int((logits.data.argmax(axis=1) == yb).sum())
-            seen += n
-    return total_loss / seen, correct / seen
-
-
-def train_epoch(model, loader, optimizer, schedule, args, epoch, partial, stop):
-    """One pass over the training loader. ``partial`` holds the epoch's running sums, so that a
-    run stopped in the middle of an epoch resumes with them.
-
-    Raises TrainingError when the loss is not finite (before it changes the weights), and
-    Interrupted when ``stop.requested`` (a Ctrl-C, see StopRequest) or a KeyboardInterrupt ends
-    the epoch early.
-    """
-    model.train()
-    bar = Progress(len(loader) - loader.batch, f"epoch {epoch + 1}/{args.epochs}", enabled=not args.no_progress)
-    start = time.perf_counter()
-    # The loader moves on to the next batch before it hands one out, so its state_dict says
-    # "after this batch" while the batch is still being worked on. ``position`` is the state
-    # of what has really been learnt; an interruption rewinds the loader to it, and the
-    # resumed run does the unfinished batch again.
-    position = loader.state_dict()
-    in_batch = False
-    try:
-        for xb, yb in loader:
-            if stop.requested:
-                loader.load_state_dict(position)
-                raise Interrupted(resumable=True)
-            # From here to the end of the bookkeeping the batch changes the state one piece at a
-            # time: BatchNorm's running statistics in the forward pass, then the weights, the
-            # momentum, the iteration count and the sums. An exception in between leaves a mix of
-            # before and after that no checkpoint can hold.
-            in_batch = True
-            logits = model(Tensor(xb))
-            loss = F.cross_entropy(logits, yb, args.label_smoothing)
-            value = loss.item()
-            if not math.isfinite(value):
-                raise TrainingError(f"the loss became {value} at epoch {epoch + 1}, iteration "
-                                    f"{schedule.step_count + 1}; try a lower --lr (now {args.lr:g}) or --warmup")
-            optimizer.zero_grad()
-            loss.backward()
-            with section("optimizer"):
-                optimizer.step()
-            schedule.step()
-            n = len(yb)
-            partial["loss_sum"] += value * n
-            partial["correct"] += int((logits.data.argmax(axis=1) == yb).sum())
-            partial["seen"] += n
-            in_batch = False
-            position = loader.state_dict()
-            elapsed = partial["seconds"] + time.perf_counter() - start
-            bar.update(loss=f"{partial['loss_sum'] / partial['seen']:.3f}",
-                       acc=f"{partial['correct'] / partial['seen']:.3f}",
-                       img_s=f"{partial['seen'] / elapsed:.0f}")
-    except KeyboardInterrupt:
-        # Not a first Ctrl-C under StopRequest (that only sets stop.requested), but a second
-        # one, or one raised by other code. Outside a batch's work (in the loader, in the
-        # progress bar) the state is whole, but the loader may have moved on already.
-        if in_batch:
-            raise Interrupted(resumable=False) from None
-        loader.load_state_dict(position)
-        raise Interrupted(resumable=True) from None
-    finally:
-        partial["seconds"] += time.perf_counter() - start
-        bar.close()
-
-
-def fresh_partial():
-    return {"loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
-
-
-def save_checkpoint(path, model, optimizer, schedule, loader, epoch, partial, best_acc, history, config):
-    save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-          "loader": loader.state_dict(), "epoch": epoch, "partial": partial, "best_acc": best_acc,
-          "history": history, "config": config}, path)
+def checkpoint_path(resume):
+    """--resume names a checkpoint file or the folder of a run (then its last.npz)."""
+    return os.path.join(resume, "last.npz") if os.path.isdir(resume) else resume
 
 
 def restart_hint(good):
-    """How to take up a run whose loss blew up: from ``good``, the newest checkpoint, if any."""
+    """How to take up a run that cannot go on: from ``good``, the newest checkpoint, if any."""
     if good is None:
         return "starting again (no checkpoint had been saved yet)"
     return f"going on from the last good checkpoint with --resume {good}"
 
 
-def write_metrics(out, history):
-    """metrics.csv (rewritten whole, atomically) and, with matplotlib, curves.png."""
-    path = os.path.join(out, "metrics.csv")
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(history[0]))
-        writer.writeheader()
-        writer.writerows(history)
-    os.replace(tmp, path)
+def evaluate_checkpoint(args, checkpoint, path, model):
+    """--eval-only: the test loss and accuracy of the checkpoint's weights."""
     try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return
-    epochs = [h["epoch"] for h in history]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    ax1.plot(epochs, [h["train_loss"] for h in history], label="train")
-    ax1.plot(epochs, [h["test_loss"] for h in history], label="test")
-    ax1.set_xlabel("epoch"), ax1.set_ylabel("loss"), ax1.legend()
-    ax2.plot(epochs, [100 * (1 - h["train_acc"]) for h in history], label="train")
-    ax2.plot(epochs, [100 * (1 - h["test_acc"]) for h in history], label="test")
-    ax2.set_xlabel("epoch"), ax2.set_ylabel("error (%)"), ax2.legend()
-    fig.tight_layout()
-    tmp = os.path.join(out, "curves.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, os.path.join(out, "curves.png"))
+        model.load_state_dict(checkpoint["model"])
+    except (KeyError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {path} does not fit {model_name(args)}: {e}") from None
+    bad = non_finite(checkpoint["model"])
+    if bad:  # read_checkpoint refuses these already; a model must never report an accuracy for them
+        raise CheckpointError(f"checkpoint {path}: {bad[0]} holds nan or inf")
+    _, test_loader, info = make_cifar10_loaders(
+        args.data_dir, args.batch_size, args.seed, limit_train=args.limit_train, limit_test=args.limit_test,
+        normalization=args.normalization, dtype=args.dtype, download=args.download, augment=False)
+    loss, acc = evaluate(model, test_loader, args.label_smoothing)
+    print(f"test loss {loss:.4f}  test accuracy {100 * acc:.2f}%  ({info['n_test']} images)")
+    return {"test_loss": loss, "test_acc": acc}
 
 
-def run(args):
+def run(args, checkpoint=None):
+    """Train (or with --eval-only evaluate) as ``args`` say. ``checkpoint``: the --resume file,
+    already read by ``read_checkpoint`` (main reads it once, for its options too)."""
     check_args(args)
+    check_size(args)
     if args.backend:
         backend.set_backend(args.backend)
     dtype = numpy.dtype(args.dtype)
     name = model_name(args)
-    resume = path = None
-    if args.resume:
-        path = os.path.join(args.resume, "last.npz") if os.path.isdir(args.resume) else args.resume
-        resume = load(path)
-        check_resume(args, resume, path)
+    path = checkpoint_path(args.resume) if args.resume else None
+    if path is not None:
+        if checkpoint is None:
+            checkpoint = read_checkpoint(path, training=not args.eval_only)
+        check_resume(args, checkpoint, path)
     manual_seed(args.seed)
     model = build_model(args)
     if dtype != numpy.float32:
         model.astype(dtype)
-    if resume is not None:
-        # Before the data is loaded: a checkpoint that does not fit fails at once.
-        try:
-            model.load_state_dict(resume["model"])
-        except (KeyError, ValueError) as e:
-            raise TrainingError(f"checkpoint {args.resume} does not fit {name}: {e}") from None
+    if args.eval_only:
+        return evaluate_checkpoint(args, checkpoint, path, model)
+
     train_loader, test_loader, info = make_cifar10_loaders(
         args.data_dir, args.batch_size, args.seed, limit_train=args.limit_train, limit_test=args.limit_test,
         normalization=args.normalization, dtype=args.dtype, download=args.download, augment=not args.no_augment)
     optimizer = SGD(param_groups(model, args.weight_decay, args.no_bn_decay), lr=args.lr,
                     momentum=args.momentum, nesterov=args.nesterov)
     schedule = build_schedule(args, optimizer, args.epochs * len(train_loader))
+    state = TrainState(model, optimizer, schedule, train_loader)
+    if checkpoint is not None:
+        # Momentum buffers and the iteration count from the checkpoint, hyperparameters (lr,
+        # momentum, weight decay, ...) from this command line (see the module docstring).
+        try:
+            state.load_state_dict(checkpoint, keep_hyperparameters=True)
+        except (KeyError, ValueError) as e:
+            raise CheckpointError(f"checkpoint {path} does not fit {name}: {e}") from None
+        if state.epoch > args.epochs:
+            raise CheckpointError(f"checkpoint {path} has finished {state.epoch} epochs, more than "
+                                  f"--epochs {args.epochs}; pass --epochs {state.epoch} or more")
     n_params = sum(p.size for p in model.parameters())
     print(f"{name}: {n_params:,} parameters on {backend.get_backend()} ({args.dtype}); "
           f"{info['n_train']:,} training / {info['n_test']:,} test images from {info['data_dir']}", flush=True)
-
-    epoch, partial, best_acc, history = 0, fresh_partial(), -1.0, []
-    if resume is not None:
-        if args.eval_only:
-            loss, acc = evaluate(model, test_loader, args.label_smoothing)
-            print(f"test loss {loss:.4f}  test accuracy {100 * acc:.2f}%  ({info['n_test']} images)")
-            return {"test_loss": loss, "test_acc": acc}
-        # Momentum buffers and the iteration count from the checkpoint, hyperparameters (lr,
-        # momentum, weight decay, ...) from this command line (see the module docstring).
-        hyperparameters = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
-        optimizer.load_state_dict(resume["optimizer"])
-        for group, values in zip(optimizer.param_groups, hyperparameters):
-            group.update(values)
-        schedule.load_state_dict({"step": resume["schedule"]["step"], "base_lrs": schedule.base_lrs})
-        train_loader.load_state_dict(resume["loader"])
-        epoch, partial, best_acc = int(resume["epoch"]), dict(resume["partial"]), float(resume["best_acc"])
-        history = list(resume.get("history", []))
-        print(f"resumed from {args.resume} at epoch {epoch + 1}, iteration {schedule.step_count}", flush=True)
+    if checkpoint is not None:
+        print(f"resumed from {path} at epoch {state.epoch + 1}, iteration {schedule.step_count}", flush=True)
+    if state.epoch == args.epochs:
+        print(f"nothing to do: {path} has finished all {args.epochs} epochs; a larger --epochs trains on")
+        return state.history[-1] if state.history else None
 
     # A resumed run writes beside its checkpoint unless told otherwise, so "--resume OUT/last.npz"
     # (what an interrupted run prints) is all it takes to continue in the same folder.
     out = args.out
     if out is None:
-        out = (os.path.dirname(path) or ".") if resume is not None else os.path.join("runs", name)
+        out = (os.path.dirname(path) or ".") if checkpoint is not None else os.path.join("runs", name)
     os.makedirs(out, exist_ok=True)
-    config = {k: v for k, v in vars(args).items()}
-    config.update(out=out, model_name=name, parameters=int(n_params), backend_used=backend.get_backend())
-    with open(os.path.join(out, "config.json"), "w") as f:
-        json.dump(config, f, indent=2)
-    last = os.path.join(out, "last.npz")
-    good = path  # the newest checkpoint, where a run that cannot go on can be taken up again
-    if history:  # a resumed run's metrics.csv is complete at once, also in a new --out
-        write_metrics(out, history)
-
-    def checkpoint():
-        nonlocal good
-        save_checkpoint(last, model, optimizer, schedule, train_loader, epoch, partial, best_acc, history, config)
-        good = last
-
-    with StopRequest() as stop:
-        while epoch < args.epochs:
-            try:
-                train_epoch(model, train_loader, optimizer, schedule, args, epoch, partial, stop)
-            except Interrupted as e:
-                if e.resumable:
-                    checkpoint()
-                    print(f"\ninterrupted: saved {last}; continue with the same flags and --resume {last}",
-                          file=sys.stderr)
-                else:
-                    where = (f"continue from the last checkpoint with the same flags and --resume {good}"
-                             if good is not None else "no checkpoint had been saved yet")
-                    print(f"\ninterrupted in the middle of a batch, which a checkpoint cannot hold: "
-                          f"nothing saved; {where}", file=sys.stderr)
-                raise SystemExit(130)
-            except TrainingError as e:
-                raise TrainingError(f"{e}, {restart_hint(good)}") from None
-            test_loss, test_acc = evaluate(model, test_loader, args.label_smoothing)
-            if not math.isfinite(test_loss):
-                # The training loss can stay finite while the weights or the BatchNorm running
-                # statistics overflow; such a model must not replace the last good checkpoint.
-                raise TrainingError(f"the test loss became {test_loss} after epoch {epoch + 1}; try a lower "
-                                    f"--lr (now {args.lr:g}) or --warmup, {restart_hint(good)}")
-            row = {"epoch": epoch + 1,
-                   "train_loss": partial["loss_sum"] / partial["seen"], "train_acc": partial["correct"] / partial["seen"],
-                   "test_loss": test_loss, "test_acc": test_acc,
-                   # The lr of the epoch's last iteration. The optimizer already holds the next
-                   # iteration's, which is a tenth of it when a multistep drop falls on the boundary.
-                   "lr": schedule.lr_at(schedule.step_count - 1), "seconds": partial["seconds"],
-                   "images_per_s": partial["seen"] / partial["seconds"]}
-            history.append(row)
-            print(f"epoch {row['epoch']:3d}/{args.epochs}  train loss {row['train_loss']:.4f} acc {100 * row['train_acc']:.2f}%  "
-                  f"test loss {test_loss:.4f} acc {100 * test_acc:.2f}%  lr {row['lr']:.4g}  "
-                  f"{row['seconds']:.1f}s ({row['images_per_s']:.0f} img/s)", flush=True)
-            epoch, partial = epoch + 1, fresh_partial()
-            if test_acc > best_acc:
-                best_acc = test_acc
-                save({"model": model.state_dict(), "epoch": epoch, "test_acc": test_acc, "config": config},
-                     os.path.join(out, "best.npz"))
-            checkpoint()
-            write_metrics(out, history)
-            if stop.requested:  # Ctrl-C during the epoch's last batch or its evaluation
-                print(f"\ninterrupted: saved {last} at the end of epoch {epoch}; continue with the same flags "
-                      f"and --resume {last}", file=sys.stderr)
-                raise SystemExit(130)
-    if history:
-        print(f"done: final test accuracy {100 * history[-1]['test_acc']:.2f}% "
-              f"(best {100 * best_acc:.2f}%); metrics and checkpoints in {out}")
-    return history[-1] if history else None
-
-
-def given_options(argv):
-    """The options written on the command line (parsed again with every default suppressed)."""
-    quiet = build_parser()
-    for action in quiet._actions:
-        action.default = argparse.SUPPRESS
-    return set(vars(quiet.parse_args(argv)))
+    remove_stale_temporaries(out)  # what a run killed in the middle of a write left behind
+    state.config = dict(vars(args), out=out, model_name=name, parameters=int(n_params),
+                        backend_used=backend.get_backend())
+    write_config(os.path.join(out, "config.json"), state.config)
+    try:
+        history = fit(state, test_loader, args.epochs, out=out, label_smoothing=args.label_smoothing,
+                      progress=not args.no_progress, resumed_from=path)
+    except NonFiniteError as e:
+        raise NonFiniteError(f"{e}; try a lower --lr (now {args.lr:g}) or --warmup, {restart_hint(e.checkpoint)}",
+                             e.checkpoint) from None
+    except OutOfMemoryError as e:
+        raise OutOfMemoryError(f"{e}; try a smaller --batch-size (now {args.batch_size})") from None
+    print(f"done: final test accuracy {100 * history[-1]['test_acc']:.2f}% "
+          f"(best {100 * state.best_acc:.2f}%); metrics and checkpoints in {out}")
+    return history[-1]
 
 
 # What a resumed run never takes from its checkpoint: where to resume from, and how to show it.
 _NOT_INHERITED = {"resume", "eval_only", "out", "no_progress"}
 
 
-def inherit_checkpoint_options(args, given):
-    """Options not written on this command line take the values of the run that wrote the
-    checkpoint, so ``--resume OUT/last.npz`` alone continues a run with its own flags."""
-    path = os.path.join(args.resume, "last.npz") if os.path.isdir(args.resume) else args.resume
-    config = load(path).get("config") or {}
+def inherited_argv(args, config, path):
+    """The checkpoint run's options as command-line words, for every option this run may inherit,
+    so that ``--resume OUT/last.npz`` alone continues a run with its own flags. Each is parsed
+    on its own first: a value argparse would refuse is reported with the checkpoint named."""
+    words = []
+    quiet = build_parser(exit_on_error=False)
     for key, value in config.items():
-        if key in vars(args) and key not in given and key not in _NOT_INHERITED:
-            setattr(args, key, value)
+        if key not in vars(args) or key in _NOT_INHERITED or value is None or value is False:
+            continue
+        flag = "--" + key.replace("_", "-")
+        if not isinstance(value, (bool, int, float, str)):
+            raise CheckpointError(f"checkpoint {path}: config entry {key!r} must be a number, string or "
+                                  f"true/false, found {type(value).__name__}")
+        option = [flag] if value is True else [flag, str(value)]
+        try:
+            quiet.parse_args(option)
+        except (argparse.ArgumentError, SystemExit) as e:
+            raise CheckpointError(f"checkpoint {path}: config entry {key!r} is not a valid {flag}: {e}") from None
+        words += option
+    return words
 
 
 def main(argv=None):
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     try:
+        checkpoint = None
         if args.resume:
-            inherit_checkpoint_options(args, given_options(argv))
-        run(args)
-    except (ValueError, TrainingError, OSError, DatasetNotFoundError, backend.BackendError) as e:
-        # DatasetNotFoundError and checkpoint problems land here too: one line, no traceback.
+            path = checkpoint_path(args.resume)
+            checkpoint = read_checkpoint(path, training=not args.eval_only)
+            # The checkpoint's options first, then this command line's, which win where both
+            # give one (argparse keeps the last value of an option).
+            args = parser.parse_args(inherited_argv(args, checkpoint.get("config") or {}, path) + argv)
+        run(args, checkpoint)
+    except Interrupted as e:
+        if e.saved is not None:
+            print(f"\ninterrupted: saved {e.saved}; continue with the same flags and --resume {e.saved}",
+                  file=sys.stderr)
+        else:
+            why = e.reason or "interrupted in the middle of a batch, which a checkpoint cannot hold"
+            where = (f"continue from the last checkpoint with the same flags and --resume {e.checkpoint}"
+                     if e.checkpoint is not None else "no checkpoint had been saved yet")
+            print(f"\ninterrupted: {why}: nothing saved; {where}", file=sys.stderr)
+        return 130
+    except (ValueError, OSError, DatasetNotFoundError, pickle.UnpicklingError, OutOfMemoryError,
+            backend.BackendError) as e:
+        # Bad input: options, checkpoints, data files. One line (the data search lists its
+        # places on the lines after), no traceback.
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
-        return 1 if isinstance(e, TrainingError) else 2
+        return 2
+    except TrainingError as e:
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         # Ctrl-C outside a training batch (loading the data, evaluating, a second Ctrl-C): no
-        # new checkpoint, and no half-written one either, since save() replaces files atomically.
+        # new checkpoint, and no half-written one either, since every file is replaced atomically.
         print(f"\n{parser.prog}: interrupted", file=sys.stderr)
         return 130
     return 0

@@ -1,7 +1,9 @@
 """Shared pytest fixtures."""
 import os
+import pickle
 from pathlib import Path
 
+import numpy
 import pytest
 
 
@@ -35,6 +37,47 @@ def cifar10_arrays(cifar10_dir):
     """(x_train, y_train, x_test, y_test) of the real data set, loaded once per session."""
     from minires.data import load_cifar10
     return load_cifar10(cifar10_dir)
+
+
+# --- a tiny CIFAR-10 in the official format, generated (training tests on any machine) -------
+
+TINY_PER_BATCH = 64  # 5 x 64 = 320 training images, 128 test images
+TINY_TEST = 128
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+def write_cifar_batch(path, data, labels, label=b"training batch 1 of 5", protocol=2):
+    """A batch file as the originals are: a protocol-2 pickle of a dict with bytes keys,
+    b"data" uint8 (N, 3072) channel-planar, b"labels" a list of ints, b"batch_label", b"filenames"."""
+    d = {b"batch_label": label, b"labels": [int(v) for v in labels], b"data": data,
+         b"filenames": [b"img_%05d.png" % i for i in range(len(labels))]}
+    with open(path, "wb") as f:
+        pickle.dump(d, f, protocol=protocol)
+
+
+def write_tiny_cifar10(folder, per_batch=TINY_PER_BATCH, n_test=TINY_TEST, seed=0):
+    """data_batch_1..5, test_batch and batches.meta in ``folder``. Each image is noise around a
+    colour that depends on its class, so a network can learn something from a few hundred."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = numpy.random.default_rng(seed)
+    colours = rng.integers(40, 216, size=(10, 3))
+    names = [(f"data_batch_{i}", per_batch, f"training batch {i} of 5") for i in range(1, 6)]
+    for name, n, label in names + [("test_batch", n_test, "testing batch 1 of 1")]:
+        labels = rng.integers(0, 10, size=n)
+        images = colours[labels][:, :, None] + rng.normal(0, 40, size=(n, 3, 1024))
+        data = numpy.clip(images, 0, 255).astype(numpy.uint8).reshape(n, 3072)
+        write_cifar_batch(folder / name, data, labels, label.encode())
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({b"num_cases_per_batch": per_batch, b"label_names": [c.encode() for c in CLASSES],
+                     b"num_vis": 3072}, f, protocol=2)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_cifar10_dir(tmp_path_factory):
+    """A generated CIFAR-10 folder of 320 training and 128 test images in the real file format."""
+    return write_tiny_cifar10(tmp_path_factory.mktemp("tiny") / "cifar-10-batches-py")
 
 
 # --- array backends (core tests: autograd, functional, nn, gradcheck, backend) ------------------

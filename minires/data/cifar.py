@@ -15,14 +15,15 @@ import hashlib
 import os
 import pickle
 import shutil
-import sys
 import tarfile
-import tempfile
 import urllib.request
 import zlib
 from pathlib import Path
 
 import numpy
+from tqdm import tqdm
+
+from ..utils.io import atomic_write, remove_stale_temporaries, temporary_path
 
 try:  # NumPy >= 2 moved the array internals to numpy._core
     from numpy._core import multiarray as _multiarray
@@ -66,6 +67,11 @@ class UnsafePickleError(pickle.UnpicklingError):
 # Safe unpickling
 # ----------------------------------------------------------------------------------------------
 
+def _empty_bytes():
+    """``bytes()`` as a pickle calls it for b"": no argument, so no size to allocate is accepted."""
+    return b""
+
+
 # Everything a CIFAR batch pickle may construct, keyed by (module, name) as written in the file.
 # Old pickles say numpy.core, NumPy 2 writes numpy._core; both map to the same objects here, so
 # nothing is imported by name while loading.
@@ -76,8 +82,11 @@ _ALLOWED_GLOBALS = {
     ("numpy._core.multiarray", "scalar"): _multiarray.scalar,
     ("numpy", "ndarray"): numpy.ndarray,
     ("numpy", "dtype"): numpy.dtype,
-    # Protocol-2 pickles written by Python 3 store raw array bytes as _codecs.encode(str, "latin1").
+    # Protocol-2 pickles written by Python 3 store raw array bytes as _codecs.encode(str, "latin1"),
+    # and an empty bytes object (the data of an empty array) as a call of bytes().
     ("_codecs", "encode"): codecs.encode,
+    ("__builtin__", "bytes"): _empty_bytes,
+    ("builtins", "bytes"): _empty_bytes,
 }
 
 
@@ -140,14 +149,31 @@ def load_batch(path):
         dtype = getattr(data, "dtype", type(data).__name__)
         raise ValueError(f"{path}: 'data' must be a uint8 array of shape (N, 3072), "
                          f"found {dtype} with shape {shape}")
-    y = numpy.asarray(labels, dtype=numpy.int64)
-    if y.shape != (data.shape[0],):
-        raise ValueError(f"{path}: {data.shape[0]} images but 'labels' has shape {y.shape}")
-    if y.size and (y.min() < 0 or y.max() > 9):
-        raise ValueError(f"{path}: labels must lie in 0..9, found {y.min()}..{y.max()}")
+    y = _labels(labels, data.shape[0], path)
     # Rows are channel-planar, row-major: a reshape gives NCHW without copying.
     x = data.reshape(-1, 3, 32, 32)
     return x, y
+
+
+def _labels(labels, n, path):
+    """``labels`` as int64 of shape (n,), or a ValueError naming the file: a list or array of
+    integers in 0..9, nothing else (no floats, which would be truncated, no strings, no None)."""
+    if not isinstance(labels, (list, numpy.ndarray)):
+        raise ValueError(f"{path}: 'labels' must be a list of integers, found {type(labels).__name__}")
+    kinds = {type(v).__name__ for v in labels if not isinstance(v, (int, numpy.integer)) or isinstance(v, bool)} \
+        if isinstance(labels, list) else set()
+    if kinds:
+        raise ValueError(f"{path}: 'labels' must be integers in 0..9, found {', '.join(sorted(kinds))} values")
+    if isinstance(labels, numpy.ndarray) and labels.dtype.kind not in "iu":
+        raise ValueError(f"{path}: 'labels' must be integers in 0..9, found an array of {labels.dtype}")
+    if len(labels) != n:
+        raise ValueError(f"{path}: {n} images but {len(labels)} labels")
+    # Python ints of any size: compare before converting, so 2**70 is reported, not an OverflowError.
+    bad = [v for v in labels if not 0 <= v <= 9]
+    if bad:
+        raise ValueError(f"{path}: labels must lie in 0..9, found {bad[0]}")
+    y = numpy.array(labels, dtype=numpy.int64)
+    return y.reshape(n)
 
 
 def load_class_names(folder):
@@ -273,44 +299,6 @@ def open_url(url, timeout=60):
     return urllib.request.urlopen(url, timeout=timeout)
 
 
-class _Progress:
-    """A progress bar: tqdm when it is installed, else a percent line rewritten on stderr."""
-
-    def __init__(self, total, name):
-        self.total, self.name, self.done, self.last = total, name, 0, -1
-        try:
-            from tqdm import tqdm
-            self.bar = tqdm(total=total or None, unit="B", unit_scale=True, desc=name)
-        except ImportError:
-            self.bar = None
-
-    def update(self, n):
-        self.done += n
-        if self.bar is not None:
-            self.bar.update(n)
-            return
-        if self.total:
-            percent = 100 * self.done // self.total
-            if percent != self.last:
-                self.last = percent
-                sys.stderr.write(f"\rdownloading {self.name}: {percent:3d}% "
-                                 f"({self.done / 1e6:.1f} / {self.total / 1e6:.1f} MB)")
-                sys.stderr.flush()
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
-        elif self.total:
-            sys.stderr.write("\n")
-
-
-def _remove(path):
-    try:
-        os.remove(path)
-    except FileNotFoundError:
-        pass
-
-
 def download_url(url, path, md5=None, opener=None, chunk_size=1 << 20):
     """Download ``url`` to ``path`` and return the path.
 
@@ -322,36 +310,29 @@ def download_url(url, path, md5=None, opener=None, chunk_size=1 << 20):
     path = Path(path)
     opener = opener or open_url
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    remove_stale_temporaries(path.parent, path.name)  # what an interrupted download left
     how_to_fix = (f"Download {url} by hand and put it at {path} (or put the extracted "
                   f"{FOLDER_NAME}/ folder in {path.parent}).")
-    try:
+    with atomic_write(path) as f:
         digest = hashlib.md5()
-        with os.fdopen(fd, "wb") as f:
-            try:
-                with opener(url) as response:
-                    headers = getattr(response, "headers", None) or {}
-                    progress = _Progress(int(headers.get("Content-Length") or 0), path.name)
-                    try:
-                        while True:
-                            chunk = response.read(chunk_size)
-                            if not chunk:
-                                break
-                            f.write(chunk)
-                            digest.update(chunk)
-                            progress.update(len(chunk))
-                    finally:
-                        progress.close()
-            except OSError as e:  # URLError, timeouts and connection resets are all OSErrors
-                raise DatasetNotFoundError(f"could not download {url}: {e}. {how_to_fix}") from None
+        try:
+            with opener(url) as response:
+                headers = getattr(response, "headers", None) or {}
+                total = int(headers.get("Content-Length") or 0) or None
+                with tqdm(total=total, unit="B", unit_scale=True, desc=path.name) as bar:
+                    while True:
+                        chunk = response.read(chunk_size)
+                        if not chunk:
+                            break
+                        f.write(chunk)
+                        digest.update(chunk)
+                        bar.update(len(chunk))
+        except OSError as e:  # URLError, timeouts and connection resets are all OSErrors
+            raise DatasetNotFoundError(f"could not download {url}: {e}. {how_to_fix}") from None
         if md5 is not None and digest.hexdigest() != md5:
             raise CorruptArchiveError(
                 f"the download of {url} is corrupt or truncated (md5 {digest.hexdigest()}, "
                 f"expected {md5}). Try again, or: {how_to_fix}")
-        os.replace(tmp, path)
-    except BaseException:
-        _remove(tmp)
-        raise
     return path
 
 
@@ -385,8 +366,10 @@ def extract_archive(archive, dest_dir):
     archive, dest_dir = Path(archive), Path(dest_dir)
     target = dest_dir / FOLDER_NAME
     _refuse_incomplete(target)
+    remove_stale_temporaries(dest_dir, FOLDER_NAME)  # what an interrupted extraction left
+    tmp = Path(temporary_path(target))
     try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{FOLDER_NAME}.", suffix=".tmp", dir=dest_dir))
+        tmp.mkdir()
     except OSError as e:
         raise DatasetNotFoundError(f"cannot extract {archive}: {dest_dir} is not writable ({e}); "
                                    f"extract it by hand or copy it to a writable folder") from None

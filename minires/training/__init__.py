@@ -1,0 +1,24 @@
+"""Training, split as ``chainer/training`` is: a loop that takes plain values, and small pieces
+a reader finds each in one place.
+
+- ``loop``: ``fit`` (epochs, evaluation, checkpoints), ``train_epoch``, ``evaluate``, and
+  ``LoopHooks``, where a distributed variant plugs in (gradient all-reduce, rank 0 only writes,
+  stop flags combined across processes).
+- ``state``: ``TrainState``, the resumable state as one object (``state_dict`` /
+  ``load_state_dict``).
+- ``snapshot``: last.npz and best.npz, never written with non-finite numbers;
+  ``read_checkpoint`` checks a checkpoint file before it is used.
+- ``metrics``: metrics.csv and config.json. ``curves``: curves.png (with matplotlib).
+- ``progress``: the tqdm bar. ``guard``: nan/inf. ``stop``: Ctrl-C. ``errors``: how a run ends.
+
+``minires.train`` is the command line built on them.
+"""
+from .errors import CheckpointError, Interrupted, NonFiniteError, OutOfMemoryError, TrainingError
+from .loop import LoopHooks, evaluate, fit, train_epoch
+from .snapshot import Snapshot, read_checkpoint
+from .state import TrainState, fresh_partial
+from .stop import StopRequest
+
+__all__ = ["CheckpointError", "Interrupted", "NonFiniteError", "OutOfMemoryError", "TrainingError",
+           "LoopHooks", "evaluate", "fit", "train_epoch", "Snapshot", "read_checkpoint", "TrainState",
+           "fresh_partial", "StopRequest"]

@@ -1,0 +1,237 @@
+"""The training loop: ``fit`` runs epochs of ``train_epoch`` and ``evaluate`` on a ``TrainState``.
+
+It takes plain values (no command-line arguments) and does only the loop; the pieces it calls
+each live in their own module: ``snapshot`` (last.npz / best.npz), ``metrics`` (metrics.csv),
+``curves`` (curves.png), ``progress`` (the bar), ``guard`` (nan/inf), ``stop`` (Ctrl-C).
+
+A variant of the loop, such as data-parallel training over several processes, plugs in through
+``LoopHooks`` rather than by copying it.
+"""
+import math
+import os
+import time
+
+from .. import functional as F
+from ..autograd import Tensor, no_grad
+from ..profiler import section
+from .curves import plot_curves
+from .errors import Interrupted, NonFiniteError, OutOfMemoryError, TrainingError
+from .guard import check_loss
+from .metrics import epoch_row, format_row, write_metrics
+from .progress import progress_bar
+from .snapshot import Snapshot
+from .state import fresh_partial
+from .stop import StopRequest
+
+
+class LoopHooks:
+    """Where a variant of the loop plugs in. These defaults are those of a single process.
+
+    A data-parallel run (one process per device, ranks 0 .. size-1, each with its own shard of
+    the data) subclasses it and passes an instance as ``hooks=`` to ``fit``, ``train_epoch``
+    and ``evaluate``:
+
+    - ``is_main``: False on every process but rank 0. Such a process writes no file (no
+      checkpoint, metrics.csv or curves.png), shows no progress bar and prints nothing.
+    - ``after_backward(model, optimizer)``: called in every batch after ``loss.backward()`` and
+      before ``optimizer.step()``; the gradients are in ``p.grad``. E.g. average them over the
+      processes (an all-reduce) so that every process takes the same step.
+    - ``any(flag)``: combine a per-process bool so that every process gets the same answer:
+      True when it is True on any process (an all-reduce with max). The loop calls it with the
+      Ctrl-C request before every batch and at the end of every epoch, and with "the loss is not
+      finite" after every forward pass, so all processes stop at the same batch.
+    - ``sum(values)``: a list of numbers summed over the processes, element by element. The loop
+      calls it for the reported metrics only (the training loss sum, correct and seen of an
+      epoch; the same of an evaluation), so they cover every process's shard.
+    """
+
+    is_main = True
+
+    def after_backward(self, model, optimizer):
+        pass
+
+    def any(self, flag):
+        return bool(flag)
+
+    def sum(self, values):
+        return list(values)
+
+
+def evaluate(model, loader, label_smoothing=0.0, hooks=None):
+    """Mean loss and accuracy over a loader, in eval mode and without a graph."""
+    hooks = hooks or LoopHooks()
+    model.eval()
+    total_loss, correct, seen = 0.0, 0, 0
+    with no_grad():
+        for xb, yb in loader:
+            try:
+                logits = model(Tensor(xb))
+                n = len(yb)
+                total_loss += F.cross_entropy(logits, yb, label_smoothing).item() * n
+            except MemoryError as e:
+                raise OutOfMemoryError(f"out of memory evaluating a batch of {len(yb)} images: {e}") from None
+            correct += int((logits.data.argmax(axis=1) == yb).sum())
+            seen += n
+    total_loss, correct, seen = hooks.sum([total_loss, correct, seen])
+    return total_loss / seen, correct / seen
+
+
+def train_epoch(state, stop, epochs, label_smoothing=0.0, progress=True, hooks=None):
+    """One pass over ``state.loader`` (from where it stands: a resumed run may start mid-epoch).
+
+    ``state.partial`` holds the epoch's running sums, so that a run stopped in the middle of an
+    epoch resumes with them. ``stop``: a StopRequest (``stop.requested`` is looked at before
+    every batch). ``epochs``: the run's total, for the bar.
+
+    Raises NonFiniteError when the loss is not finite (before it changes the weights),
+    OutOfMemoryError when a batch does not fit, and Interrupted when ``stop.requested`` or a
+    KeyboardInterrupt ends the epoch early.
+    """
+    hooks = hooks or LoopHooks()
+    model, loader, optimizer, schedule, partial = (state.model, state.loader, state.optimizer,
+                                                   state.schedule, state.partial)
+    model.train()
+    bar = progress_bar(len(loader) - loader.batch, f"epoch {state.epoch + 1}/{epochs}",
+                       enabled=progress and hooks.is_main)
+    start = time.perf_counter()
+    # The loader moves on to the next batch before it hands one out, so its state_dict says
+    # "after this batch" while the batch is still being worked on. ``position`` is the state
+    # of what has really been learnt; an interruption rewinds the loader to it, and the
+    # resumed run does the unfinished batch again.
+    position = loader.state_dict()
+    in_batch = False
+    try:
+        for xb, yb in loader:
+            if hooks.any(stop.requested):
+                loader.load_state_dict(position)
+                raise Interrupted(resumable=True)
+            # From here to the end of the bookkeeping the batch changes the state one piece at a
+            # time: BatchNorm's running statistics in the forward pass, then the weights, the
+            # momentum, the iteration count and the sums. An exception in between leaves a mix of
+            # before and after that no checkpoint can hold.
+            in_batch = True
+            where = f"at epoch {state.epoch + 1}, iteration {schedule.step_count + 1}"
+            try:
+                logits = model(Tensor(xb))
+                loss = F.cross_entropy(logits, yb, label_smoothing)
+                value = loss.item()
+                check_loss(value, where, hooks.any(not math.isfinite(value)))
+                optimizer.zero_grad()
+                loss.backward()
+                hooks.after_backward(model, optimizer)
+                with section("optimizer"):
+                    optimizer.step()
+            except MemoryError as e:
+                raise OutOfMemoryError(f"out of memory {where}, in a batch of {len(yb)} images: {e}") from None
+            schedule.step()
+            n = len(yb)
+            partial["loss_sum"] += value * n
+            partial["correct"] += int((logits.data.argmax(axis=1) == yb).sum())
+            partial["seen"] += n
+            in_batch = False
+            position = loader.state_dict()
+            elapsed = partial["seconds"] + time.perf_counter() - start
+            bar.set_postfix_str(f"loss={partial['loss_sum'] / partial['seen']:.3f} "
+                                f"acc={partial['correct'] / partial['seen']:.3f} "
+                                f"img_s={partial['seen'] / elapsed:.0f}", refresh=False)
+            bar.update(1)
+    except KeyboardInterrupt:
+        # Not a first Ctrl-C under StopRequest (that only sets stop.requested), but a second
+        # one, or one raised by other code. Outside a batch's work (in the loader, in the
+        # progress bar) the state is whole, but the loader may have moved on already.
+        if in_batch:
+            raise Interrupted(resumable=False) from None
+        loader.load_state_dict(position)
+        raise Interrupted(resumable=True) from None
+    finally:
+        partial["seconds"] += time.perf_counter() - start
+        bar.close()
+
+
+def _duration(seconds):
+    """3d 4h, 2h 13m, 5m 10s or 42s."""
+    seconds = int(seconds)
+    days, hours, minutes = seconds // 86400, seconds // 3600 % 24, seconds // 60 % 60
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes}m"
+    return f"{minutes}m {seconds % 60}s" if minutes else f"{seconds}s"
+
+
+def fit(state, test_loader, epochs, out=None, label_smoothing=0.0, progress=True, hooks=None,
+        resumed_from=None, log=print):
+    """Train ``state`` (a TrainState) until ``state.epoch == epochs``, evaluating on
+    ``test_loader`` after every epoch. Returns ``state.history`` (one metrics row per epoch).
+
+    With ``out`` (a folder; on the main process only, see LoopHooks), every epoch end writes
+    ``out/last.npz`` (``snapshot``), ``out/best.npz`` when the test accuracy is the best so far,
+    ``out/metrics.csv`` and ``out/curves.png``. ``resumed_from``: the checkpoint the state was
+    loaded from (the one to go back to should the run fail before it saves its own). ``log``
+    prints a line (the epoch summaries).
+
+    Ends early by raising:
+    - ``Interrupted`` on Ctrl-C (see ``stop``): when the state is whole, it has been saved to
+      ``out/last.npz`` first (``saved``), unless its weights are no longer finite (``reason``).
+    - ``NonFiniteError`` when the loss, the test loss or the weights stop being finite, before
+      anything is saved; ``checkpoint`` names the newest good checkpoint.
+    - ``OutOfMemoryError`` when a batch does not fit in memory.
+    A KeyboardInterrupt outside the training batches (a second Ctrl-C) propagates as it is.
+    """
+    hooks = hooks or LoopHooks()
+    writes = out is not None and hooks.is_main
+    snapshot = Snapshot(out, good=resumed_from) if writes else None
+    good = (lambda: snapshot.good) if writes else (lambda: resumed_from)
+    if writes and state.history:  # a resumed run's metrics.csv is complete at once, also in a new folder
+        _write_logs(out, state.history)
+    first = True
+    with StopRequest(announce=hooks.is_main) as stop:
+        while state.epoch < epochs:
+            try:
+                train_epoch(state, stop, epochs, label_smoothing, progress, hooks)
+            except Interrupted as e:
+                if not e.resumable or not writes:
+                    raise Interrupted(e.resumable, checkpoint=good()) from None
+                try:
+                    saved = snapshot.save(state)
+                except NonFiniteError as bad:
+                    raise Interrupted(True, checkpoint=good(), reason=str(bad)) from None
+                raise Interrupted(True, saved=saved, checkpoint=saved) from None
+            except TrainingError as e:
+                e.checkpoint = good()
+                raise
+            test_loss, test_acc = evaluate(state.model, test_loader, label_smoothing, hooks)
+            if not math.isfinite(test_loss):
+                # The training loss can stay finite while the weights or the BatchNorm running
+                # statistics overflow; such a model must not replace the last good checkpoint.
+                raise NonFiniteError(f"the test loss became {test_loss} after epoch {state.epoch + 1}",
+                                     checkpoint=good())
+            partial = state.partial
+            sums = hooks.sum([partial["loss_sum"], partial["correct"], partial["seen"]])
+            # The lr of the epoch's last iteration. The optimizer already holds the next
+            # iteration's, which is a tenth of it when a multistep drop falls on the boundary.
+            row = epoch_row(state.epoch + 1, sums, partial["seconds"],
+                            state.schedule.lr_at(state.schedule.step_count - 1), test_loss, test_acc)
+            state.history.append(row)
+            state.epoch, state.partial = state.epoch + 1, fresh_partial()
+            if hooks.is_main:
+                log(format_row(row, epochs))
+                if first and state.epoch < epochs:
+                    log(f"about {_duration(row['seconds'] * (epochs - state.epoch))} to go for the "
+                        f"{epochs - state.epoch} remaining epochs")
+            first = False
+            improved = test_acc > state.best_acc
+            state.best_acc = max(state.best_acc, test_acc)
+            if writes:
+                if improved:
+                    snapshot.save_best(state, test_acc)
+                snapshot.save(state)
+                _write_logs(out, state.history)
+            if hooks.any(stop.requested):  # Ctrl-C during the epoch's last batch or its evaluation
+                raise Interrupted(True, saved=good() if writes else None, checkpoint=good())
+    return state.history
+
+
+def _write_logs(out, history):
+    write_metrics(os.path.join(out, "metrics.csv"), history)
+    plot_curves(os.path.join(out, "curves.png"), history)
