@@ -3,7 +3,7 @@ from .cifar import (ARCHIVE_NAME, CIFAR10_CLASSES, CIFAR10_MD5, CIFAR10_URL, FOL
                     CorruptArchiveError, DatasetNotFoundError, SafeUnpickler, UnsafePickleError,
                     default_cache_dir, download_url, extract_archive, find_cifar10, load_batch,
                     load_cifar10, load_class_names, open_url)
-from .loader import ArrayLoader, make_cifar10_loaders
+from .loader import ArrayLoader, make_cifar10_loaders, shard_bounds
 from .transforms import (channel_stats, crop_flip, draw_crop_flip, normalize, pixel_mean,
                          random_crop_flip)
 
@@ -12,6 +12,6 @@ __all__ = [
     "CorruptArchiveError", "DatasetNotFoundError", "SafeUnpickler", "UnsafePickleError",
     "default_cache_dir", "download_url", "extract_archive", "find_cifar10", "load_batch",
     "load_cifar10", "load_class_names", "open_url",
-    "ArrayLoader", "make_cifar10_loaders",
+    "ArrayLoader", "make_cifar10_loaders", "shard_bounds",
     "channel_stats", "crop_flip", "draw_crop_flip", "normalize", "pixel_mean", "random_crop_flip",
 ]

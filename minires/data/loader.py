@@ -4,8 +4,12 @@ Every random choice of an epoch (the order of the samples and each sample's crop
 drawn from ``numpy.random.default_rng([seed, epoch])``. The batches are therefore a pure
 function of (seed, epoch, batch index), and the loader's whole state is three integers, which
 is what makes an interrupted run resume with exactly the batches it would have seen.
+
+Data-parallel training (``rank``, ``world_size``): every rank draws the same plan and takes its
+own slice of every batch (``shard_bounds``), so the ranks' shards are disjoint, cover the epoch,
+and together form exactly the batches one process would see; the loader's position still
+counts whole batches, so a checkpoint moves between runs with different numbers of ranks.
 """
-import math
 
 import numpy
 
@@ -13,7 +17,17 @@ from ..backend import get_array_module, get_backend, get_module, to_backend
 from .cifar import load_cifar10, load_class_names, find_cifar10
 from .transforms import channel_stats, crop_flip, draw_crop_flip, normalize, pixel_mean
 
-__all__ = ["ArrayLoader", "make_cifar10_loaders"]
+__all__ = ["ArrayLoader", "make_cifar10_loaders", "shard_bounds"]
+
+
+def shard_bounds(n, rank, world_size):
+    """Rows [lo, hi) of a batch of n rows that rank ``rank`` of ``world_size`` takes.
+
+    Consecutive, as equal as can be (sizes differ by at most one, the larger ones last), and
+    together exactly the n rows: 128 rows on 2 ranks are 0-63 and 64-127; 80 on 3 are 0-25,
+    26-52, 53-79.
+    """
+    return rank * n // world_size, (rank + 1) * n // world_size
 
 
 class ArrayLoader:
@@ -26,12 +40,16 @@ class ArrayLoader:
     labels are int64. x and y may live on the host or already on that backend.
 
     One pass over the loader is one epoch; ``len(loader)`` is the number of batches. The last
-    partial batch is kept unless ``drop_last``. ``state_dict()`` / ``load_state_dict()`` save
+    partial batch is kept unless ``drop_last``, or when it has fewer rows than ranks (a rank
+    would get none). ``state_dict()`` / ``load_state_dict()`` save
     and restore the position (seed, epoch, batch), also in the middle of an epoch.
+
+    ``rank`` of ``world_size`` (data-parallel training): each batch of ``batch_size`` rows is
+    split with ``shard_bounds`` and this loader yields rank ``rank``'s part of it only.
     """
 
     def __init__(self, x, y, batch_size, shuffle=False, drop_last=False, augment=False, seed=0,
-                 mean=None, std=None, dtype="float32", backend=None, pad=4):
+                 mean=None, std=None, dtype="float32", backend=None, pad=4, rank=0, world_size=1):
         if getattr(x, "ndim", None) != 4:
             raise ValueError(f"x must be images of shape (N, C, H, W), found shape {getattr(x, 'shape', None)}")
         if getattr(y, "shape", None) != (x.shape[0],):
@@ -40,6 +58,10 @@ class ArrayLoader:
             raise ValueError(f"batch_size must be a positive integer, found {batch_size!r}")
         if not isinstance(seed, (int, numpy.integer)) or seed < 0:
             raise ValueError(f"seed must be a non-negative integer, found {seed!r}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must lie in [0, world_size={world_size}), found {rank!r}")
+        if batch_size < world_size:
+            raise ValueError(f"batch_size {batch_size} is smaller than the {world_size} ranks sharing it")
         if x.shape[0] == 0 or (drop_last and x.shape[0] < batch_size):
             raise ValueError(f"{x.shape[0]} samples give no batch of size {batch_size}"
                              + (" with drop_last" if drop_last else ""))
@@ -47,6 +69,7 @@ class ArrayLoader:
         self.batch_size = int(batch_size)
         self.shuffle, self.drop_last, self.augment = shuffle, drop_last, augment
         self.seed, self.pad = int(seed), pad
+        self.rank, self.world_size = int(rank), int(world_size)
         self.dtype = numpy.dtype(dtype)
         self.backend = backend or get_backend()
         xp = get_module(self.backend)
@@ -58,7 +81,8 @@ class ArrayLoader:
 
     def __len__(self):
         n = self.x.shape[0]
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+        last = n % self.batch_size
+        return n // self.batch_size + (1 if last >= self.world_size and not self.drop_last else 0)
 
     def epoch_plan(self, epoch):
         """Sample order (N,) and crop offsets (N, 2) / flips (N,) (None without augment) of an epoch."""
@@ -73,7 +97,9 @@ class ArrayLoader:
         order, offsets, flips = self.epoch_plan(epoch)
         index_xp = get_array_module(self.x)
         for k in range(start, len(self)):
-            rows = slice(k * self.batch_size, (k + 1) * self.batch_size)
+            start = k * self.batch_size
+            lo, hi = shard_bounds(min(self.batch_size, self.x.shape[0] - start), self.rank, self.world_size)
+            rows = slice(start + lo, start + hi)
             idx = index_xp.asarray(order[rows])
             xb = to_backend(self.x[idx], self.backend)
             yb = to_backend(self.y[idx], self.backend).astype("int64", copy=False)
@@ -106,14 +132,15 @@ class ArrayLoader:
 
 def make_cifar10_loaders(data_dir=None, batch_size=128, seed=0, limit_train=None,
                          normalization="pixel_mean", backend=None, dtype="float32",
-                         download=False, limit_test=None, augment=True):
+                         download=False, limit_test=None, augment=True, rank=0, world_size=1):
     """CIFAR-10 train and test loaders with the paper's preprocessing.
 
     Train: shuffled, augmented (pad 4, crop, flip), partial last batch kept. Test: in order, no
     augmentation. ``normalization`` is "pixel_mean" (the paper: subtract the per-pixel mean
     image), "channel" (per-channel mean and std) or "none" (scale to [0, 1]); statistics come
     from the training images in use (the first ``limit_train`` when given). ``limit_test`` keeps
-    the first test images only.
+    the first test images only. ``rank`` of ``world_size``: both loaders yield that rank's
+    slice of every batch (data-parallel training; see ``ArrayLoader``).
 
     Returns ``(train_loader, test_loader, info)``; info holds "data_dir", "classes",
     "normalization", "mean", "std" (NumPy float64, 0..255 scale, or None), "n_train", "n_test".
@@ -133,7 +160,7 @@ def make_cifar10_loaders(data_dir=None, batch_size=128, seed=0, limit_train=None
     elif normalization == "channel":
         mean, std = channel_stats(x_train)
 
-    common = dict(mean=mean, std=std, dtype=dtype, backend=backend)
+    common = dict(mean=mean, std=std, dtype=dtype, backend=backend, rank=rank, world_size=world_size)
     train = ArrayLoader(x_train, y_train, batch_size, shuffle=True, augment=augment, seed=seed, **common)
     test = ArrayLoader(x_test, y_test, batch_size, **common)
     info = {"data_dir": str(folder), "classes": load_class_names(folder),

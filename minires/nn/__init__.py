@@ -3,6 +3,7 @@ from . import init
 from .layers import (AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, Flatten, GlobalAvgPool2d, Identity,
                      Linear, MaxPool2d, ReLU, Sequential)
 from .module import Module, Parameter
+from .sync_batchnorm import SyncBatchNorm
 
 __all__ = ["init", "Module", "Parameter", "Sequential", "Conv2d", "BatchNorm2d", "BatchNorm1d", "ReLU",
-           "MaxPool2d", "AvgPool2d", "GlobalAvgPool2d", "Linear", "Flatten", "Identity"]
+           "SyncBatchNorm", "MaxPool2d", "AvgPool2d", "GlobalAvgPool2d", "Linear", "Flatten", "Identity"]

@@ -1,0 +1,90 @@
+"""Data parallelism: every rank holds the whole model and works on its own part of each batch.
+
+One step on N ranks does what one process does with the whole batch:
+
+1. ``broadcast_state`` (once, at the start): rank 0's parameters and buffers are copied to
+   every rank, so all ranks start identical.
+2. Each rank runs forward and backward on its shard of the batch (see
+   ``minires.data.shard_bounds``); its gradients are those of the mean loss over its own n_r
+   samples.
+3. ``GradientAllreducer``: the gradient of the mean loss over the whole batch of n samples is
+   sum_r (n_r / n) grad_r, so each rank scales its gradients by its share w_r = n_r / n and the
+   sum over ranks is all-reduced. With equal shards w_r = 1 / N: the sum divided by the world
+   size. The gradients travel packed into a few flat buffers of at most ``bucket_mb`` MiB
+   ("buckets", as in Horovod and ChainerMN), not one message per parameter: a message costs a
+   latency whatever its size, and ResNet-20 has 65 parameter arrays.
+4. Every rank takes the same optimizer step on the same gradients, so the parameters stay
+   identical without being sent again.
+"""
+import numpy
+
+
+def _by_dtype(arrays):
+    """Group arrays by dtype, keeping their order: {dtype: [array, ...]}."""
+    groups = {}
+    for a in arrays:
+        groups.setdefault(numpy.dtype(a.dtype), []).append(a)
+    return groups
+
+
+def broadcast_state(model, comm, root=0):
+    """Copy rank ``root``'s parameters and buffers into every rank's ``model``, in place.
+
+    One broadcast per dtype (float32 weights, int64 batch counters): the arrays are packed into
+    a flat buffer, sent, and unpacked into the same arrays.
+    """
+    arrays = [p.data for p in model.parameters()] + list(model.buffers())
+    for group in _by_dtype(arrays).values():
+        buf = comm.xp.concatenate([a.reshape(-1) for a in group])  # each (shape) -> (size,)
+        comm.broadcast(buf, root)
+        offset = 0
+        for a in group:
+            a[...] = buf[offset:offset + a.size].reshape(a.shape)  # (size,) -> the array's shape
+            offset += a.size
+
+
+class GradientAllreducer:
+    """Replace each parameter's gradient by the weighted sum over ranks, in size-capped buckets.
+
+    ``params``: the parameters, in the same order on every rank (``model.parameters()``).
+    Consecutive parameters of one dtype share a bucket until it would pass ``bucket_mb`` MiB; a
+    parameter larger than that gets a bucket of its own. The buckets' buffers are allocated
+    once and reused at every step. A parameter without a gradient on this rank contributes
+    zeros (another rank may have one), and receives the reduced gradient like the others.
+    """
+
+    def __init__(self, params, comm, bucket_mb=25.0):
+        if bucket_mb <= 0:
+            raise ValueError(f"bucket_mb must be positive, got {bucket_mb}")
+        self.params, self.comm = list(params), comm
+        cap = bucket_mb * 2 ** 20
+        self.buckets = []  # [(params, flat buffer)]
+        current, nbytes = [], 0
+        for p in self.params:
+            size = p.size * p.data.dtype.itemsize
+            if current and (p.data.dtype != current[0].data.dtype or nbytes + size > cap):
+                self.buckets.append(current)
+                current, nbytes = [], 0
+            current.append(p)
+            nbytes += size
+        if current:
+            self.buckets.append(current)
+        self.buffers = [comm.xp.empty(sum(p.size for p in bucket), bucket[0].data.dtype) for bucket in self.buckets]
+
+    def __call__(self, weight):
+        """All-reduce the gradients; ``weight``: this rank's share n_r / n of the batch."""
+        xp = self.comm.xp
+        for bucket, buf in zip(self.buckets, self.buffers):
+            offset = 0
+            for p in bucket:
+                part = buf[offset:offset + p.size]
+                if p.grad is None:
+                    part[...] = 0
+                else:
+                    xp.multiply(p.grad.reshape(-1), weight, out=part)  # (shape) -> (size,)
+                offset += p.size
+            self.comm.allreduce(buf)
+            offset = 0
+            for p in bucket:
+                p.grad = buf[offset:offset + p.size].reshape(p.shape).copy()  # (size,) -> p's shape
+                offset += p.size
