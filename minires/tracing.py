@@ -1,0 +1,84 @@
+"""Reading a recorded graph: the Functions behind a tensor, and the names of its leaves.
+
+A forward pass that records (some input requires grad) leaves behind the graph that backward
+walks: every computed tensor's ``creator`` Function lists its ``inputs``, each either a leaf
+Tensor (a parameter, the input batch, a constant) or an edge to the Function that produced it.
+The ONNX exporter (``minires.onnx``) and the graph drawer (``minires.viz``) both read that graph
+here, before any backward frees it.
+"""
+from . import backend
+from .autograd import Tensor
+
+
+def source(x):
+    """Where a Function input comes from: ``(creator, index)`` for a computed value, or
+    ``(None, tensor)`` for a leaf (a parameter, the graph's input, a constant)."""
+    if getattr(x, "creator", None) is None:
+        return None, x
+    return x.creator, x.creator_index
+
+
+def functions(y):
+    """The Functions that computed the tensor ``y``, each after every Function it reads from.
+
+    Raises ValueError when ``y`` was not recorded (computed under ``no_grad`` or from tensors
+    that do not require grad) or when a backward has already freed its graph.
+    """
+    if not isinstance(y, Tensor) or y.creator is None:
+        raise ValueError("this tensor has no recorded graph: compute it with grad enabled and from "
+                         "parameters or inputs that require grad, and read the graph before backward()")
+    order, visited, stack = [], set(), [(y.creator, False)]
+    while stack:  # iterative depth-first post-order: a ResNet-1202 graph is deeper than Python's recursion limit
+        f, expanded = stack.pop()
+        if expanded:
+            order.append(f)  # after everything it reads from: those were pushed above it
+            continue
+        if id(f) in visited:  # pushed twice (two consumers), expanded already
+            continue
+        if "inputs" not in f.__dict__:
+            raise ValueError("this graph was freed by backward(); read it before calling backward()")
+        visited.add(id(f))
+        stack.append((f, True))
+        for x in reversed(f.inputs):
+            if x.creator is not None and id(x.creator) not in visited:
+                stack.append((x.creator, False))
+    return order
+
+
+def output_shape(f, index=0):
+    """The shape of output ``index`` of the recorded Function ``f``."""
+    return tuple(f.output_meta[index][0])
+
+
+def state_names(model):
+    """{id: name} for the Parameters and buffer arrays of ``model``, by their state-dict names."""
+    names = {}
+    for name, p in model.named_parameters():
+        names[id(p)] = name
+    for name, b in model.named_buffers():
+        names.setdefault(id(b), name)
+    return names
+
+
+def trace(model, x):
+    """Run ``model`` on ``x`` in eval mode with the graph recorded; return (input, output) Tensors.
+
+    ``x`` (an array or Tensor) is made a leaf that requires grad, so that even a model without
+    parameters records every Function. The model's train/eval modes are restored afterwards.
+    """
+    data = x.data if isinstance(x, Tensor) else x
+    x = Tensor(data, requires_grad=True)
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        y = model(x)
+    finally:
+        for m, mode in modes:
+            m.training = mode
+    if not isinstance(y, Tensor):
+        raise ValueError(f"the model returned a {type(y).__name__}, not one Tensor")
+    return x, y
+
+
+def to_numpy(a):
+    return backend.to_numpy(a.data if isinstance(a, Tensor) else a)
