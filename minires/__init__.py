@@ -10,6 +10,7 @@ from .backend import get_array_module, get_backend, set_backend, to_numpy
 from .gradcheck import GradcheckError, gradcheck
 from .nn.init import manual_seed
 from . import models, profiler
+from .interop import load_torch_state_dict
 from .serialization import load, save
 from .summary import summary
 
@@ -17,4 +18,4 @@ __version__ = "0.1.0"
 
 __all__ = ["Tensor", "Function", "no_grad", "is_grad_enabled", "set_backend", "get_backend",
            "get_array_module", "to_numpy", "gradcheck", "GradcheckError", "manual_seed", "backend",
-           "models", "profiler", "save", "load", "summary"]
+           "models", "profiler", "save", "load", "summary", "load_torch_state_dict"]
