@@ -170,3 +170,35 @@ def summary(model, input_shape, batch_size=1, print_fn=print, dtype="float32", m
     if print_fn is not None:
         print_fn(str(result))
     return result
+
+
+def main(argv=None):
+    """``python -m minires.summary --model resnet20 --graph r20.svg``: the table, and the graph drawn."""
+    import argparse
+    import sys
+
+    from . import models, viz
+
+    p = argparse.ArgumentParser(prog="python -m minires.summary",
+                                description="Print a model's layer table and optionally draw its graph.")
+    p.add_argument("--model", default="resnet20", help="a name from minires.models.names()")
+    p.add_argument("--input-shape", type=int, nargs=3, default=(3, 32, 32), metavar=("C", "H", "W"))
+    p.add_argument("--max-depth", type=int, help="print rows nested at most this deep")
+    p.add_argument("--graph", metavar="FILE", help="draw the eval-mode graph to FILE: .svg, .png or .pdf "
+                                                   "(needs Graphviz), or .dot (DOT text)")
+    p.add_argument("--no-collapse", action="store_true", help="draw every block, not each run of identical ones once")
+    args = p.parse_args(argv)
+    try:
+        model = models.create(args.model)
+        summary(model, args.input_shape, max_depth=args.max_depth)
+        if args.graph:
+            dot = viz.model_graph(model, (1,) + tuple(args.input_shape), collapse=not args.no_collapse)
+            print(f"wrote {viz.render(dot, args.graph)}")
+    except (ValueError, OSError, ImportError, RuntimeError) as e:
+        print(f"minires.summary: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
