@@ -7,32 +7,32 @@ How it works: one forward pass of a zero batch in eval mode records the graph of
 the same graph ``backward`` would walk (``minires.tracing``). Each recorded Function becomes
 one or two standard ONNX operators, by the rule registered for its class in ``RULES``:
 
-    minires Function          ONNX
-    Conv2d                    Conv
-    BatchNormEval             BatchNormalization (the running statistics)
-    ReLU                      Relu
-    MaxPool2d, AvgPool2d      MaxPool, AveragePool (count_include_pad=1, as minires pads)
-    GlobalAvgPool2d           GlobalAveragePool + Flatten
-    Linear                    Gemm (transB=1)
-    Add, Sub, Mul, Div        Add, Sub, Mul, Div
-    Reshape (flatten)         Flatten, or Reshape with the batch dimension copied
-    PadChannels (option A)    Slice (every stride-th pixel) + Pad (zero channels)
+    minires Function                  ONNX
+    Conv2dFunction                    Conv
+    BatchNormEvalFunction             BatchNormalization (the running statistics)
+    ReLUFunction                      Relu
+    MaxPool2dFunction, AvgPool2d...   MaxPool, AveragePool (count_include_pad=1, as minires pads)
+    GlobalAvgPool2dFunction           GlobalAveragePool + Flatten
+    LinearFunction                    Gemm (transB=1)
+    Add, Sub, Mul, Div                Add, Sub, Mul, Div
+    Reshape (flatten)                 Flatten, or Reshape with the batch dimension copied
+    PadChannelsFunction (option A)    Slice (every stride-th pixel) + Pad (zero channels)
 
 Parameters and running statistics become initializers named by their state-dict keys
 (``layer1.0.conv1.weight``), and nodes are named after the module that owns their weights, so
 the exported file reads like the model. All tensors are float32; the batch dimension is
 dynamic (``N``). A Function without a rule raises ``UnsupportedOperatorError`` naming it.
 """
-import os
-
 import numpy
 
 from . import autograd, backend, tracing
-from .functional.activation import ReLU
-from .functional.conv import Conv2d
-from .functional.linear import Linear, PadChannels
-from .functional.normalization import BatchNormEval
-from .functional.pooling import AvgPool2d, GlobalAvgPool2d, MaxPool2d
+from .functional.activation import ReLUFunction
+from .functional.conv import Conv2dFunction, Conv2dSimpleFunction
+from .functional.linear import LinearFunction
+from .functional.normalization import BatchNormEvalFunction
+from .functional.pooling import AvgPool2dFunction, GlobalAvgPool2dFunction, MaxPool2dFunction
+from .functional.residual import PadChannelsFunction
+from .utils.io import atomic_write
 
 OPSET = 18  # ai.onnx opset of the exported graphs (ONNX >= 1.13, onnxruntime >= 1.14)
 
@@ -177,14 +177,15 @@ def _pad_channels(b, f, xs):
 
 
 RULES = {
-    Conv2d: _conv,
-    BatchNormEval: _batch_norm,
-    ReLU: _relu,
-    MaxPool2d: _max_pool,
-    AvgPool2d: _avg_pool,
-    GlobalAvgPool2d: _global_avg_pool,
-    Linear: _linear,
-    PadChannels: _pad_channels,
+    Conv2dFunction: _conv,
+    Conv2dSimpleFunction: _conv,
+    BatchNormEvalFunction: _batch_norm,
+    ReLUFunction: _relu,
+    MaxPool2dFunction: _max_pool,
+    AvgPool2dFunction: _avg_pool,
+    GlobalAvgPool2dFunction: _global_avg_pool,
+    LinearFunction: _linear,
+    PadChannelsFunction: _pad_channels,
     autograd.Add: _elementwise("Add"),
     autograd.Sub: _elementwise("Sub"),
     autograd.Mul: _elementwise("Mul"),
@@ -239,13 +240,6 @@ def export(model, path, input_shape=(1, 3, 32, 32), opset=OPSET, dynamic_batch=T
     normalisation the run used).
     """
     proto = to_onnx(model, input_shape, opset, dynamic_batch)
-    path = os.fspath(path)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(proto.SerializeToString())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_write(path) as f:
+        f.write(proto.SerializeToString())
     return proto

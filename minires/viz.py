@@ -15,6 +15,7 @@ consecutive blocks of the same structure is drawn once, labelled "×k".
 import os
 
 from . import backend, tracing
+from .utils.io import atomic_write
 
 PARAMETER_STYLE = 'shape=ellipse, style=filled, fillcolor="#cfe2f3"'
 INPUT_STYLE = 'shape=ellipse, style=filled, fillcolor="#fff2cc"'
@@ -194,12 +195,6 @@ def render(dot, path):
                                f"(apt install graphviz, brew install graphviz); a .dot file does not") from None
         except (ValueError, graphviz.CalledProcessError) as e:
             raise ValueError(f"Graphviz cannot write {path!r}: {e}") from None
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_write(path) as f:
+        f.write(data)
     return path
