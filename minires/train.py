@@ -14,6 +14,11 @@ iteration, data position, history) and, for every option not written on the comm
 value its run used; an option that is written, such as a lower --lr after a loss that blew up,
 applies from the next iteration on. A larger --epochs extends a finished run.
 
+``mpiexec -n N python -m minires.train --distributed ...`` trains data-parallel on N processes
+(``minires.distributed``): --batch-size stays the total batch of an iteration, each process
+takes its share, and the run computes what one process would (exactly so with --sync-bn). Only
+rank 0 prints and writes files; checkpoints move freely between 1-process and N-process runs.
+
 This file is the command line only: it checks the options, builds the model, data, optimizer
 and schedule, and hands them to ``minires.training.fit`` (the loop and its pieces: snapshot,
 metrics, curves, progress bar, NaN guard, Ctrl-C).
@@ -24,11 +29,13 @@ import os
 import pickle
 import re
 import sys
+import traceback
 
 import numpy
 
-from . import backend, models
+from . import backend, distributed, models
 from .data import DatasetNotFoundError, make_cifar10_loaders
+from .nn import SyncBatchNorm
 from .nn.init import manual_seed
 from .optim import SGD, ConstantLR, CosineLR, MultiStepLR
 from .training import (CheckpointError, Interrupted, NonFiniteError, OutOfMemoryError, TrainingError,
@@ -90,6 +97,15 @@ def build_parser(exit_on_error=True):
     r.add_argument("--resume", help="checkpoint to continue from (an OUT/last.npz, or the OUT folder)")
     r.add_argument("--eval-only", action="store_true", help="evaluate the --resume checkpoint on the test set and exit")
     r.add_argument("--no-progress", action="store_true", help="no per-batch progress bar")
+    g = p.add_argument_group("data-parallel training (start N processes with mpiexec -n N)")
+    g.add_argument("--distributed", action="store_true",
+                   help="be one process of an mpiexec job: MPI between CPU processes, NCCL between GPUs with "
+                        "--backend cupy; --batch-size is the total, each process takes batch-size / N")
+    g.add_argument("--sync-bn", action="store_true",
+                   help="BatchNorm statistics over the whole batch of all processes (as one process computes "
+                        "them); without it each process normalises its own share, as the paper's 2-GPU runs did")
+    g.add_argument("--dist-timeout", type=float, default=600.0,
+                   help="seconds one exchange may wait for the other processes before the job is ended")
     return p
 
 
@@ -126,6 +142,8 @@ def check_args(args):
                          f"{iterations:.3g} iterations would not finish")
     if args.eval_only and not args.resume:
         raise ValueError("--eval-only needs --resume CHECKPOINT")
+    if not args.dist_timeout > 0:
+        raise ValueError(f"--dist-timeout must be positive, got {args.dist_timeout:g}")
 
 
 def physical_memory():
@@ -230,7 +248,7 @@ def restart_hint(good):
     return f"going on from the last good checkpoint with --resume {good}"
 
 
-def evaluate_checkpoint(args, checkpoint, path, model):
+def evaluate_checkpoint(args, checkpoint, path, model, shard, hooks):
     """--eval-only: the test loss and accuracy of the checkpoint's weights."""
     try:
         model.load_state_dict(checkpoint["model"])
@@ -241,15 +259,16 @@ def evaluate_checkpoint(args, checkpoint, path, model):
         raise CheckpointError(f"checkpoint {path}: {bad[0]} holds nan or inf")
     _, test_loader, info = make_cifar10_loaders(
         args.data_dir, args.batch_size, args.seed, limit_train=args.limit_train, limit_test=args.limit_test,
-        normalization=args.normalization, dtype=args.dtype, download=args.download, augment=False)
-    loss, acc = evaluate(model, test_loader, args.label_smoothing)
+        normalization=args.normalization, dtype=args.dtype, download=args.download, augment=False, **shard)
+    loss, acc = evaluate(model, test_loader, args.label_smoothing, hooks)
     print(f"test loss {loss:.4f}  test accuracy {100 * acc:.2f}%  ({info['n_test']} images)")
     return {"test_loss": loss, "test_acc": acc}
 
 
-def run(args, checkpoint=None):
+def run(args, checkpoint=None, comm=None):
     """Train (or with --eval-only evaluate) as ``args`` say. ``checkpoint``: the --resume file,
-    already read by ``read_checkpoint`` (main reads it once, for its options too)."""
+    already read by ``read_checkpoint`` (main reads it once, for its options too). ``comm``: the
+    communicator of a --distributed run (see ``main``), None for one process."""
     check_args(args)
     check_size(args)
     if args.backend:
@@ -265,12 +284,21 @@ def run(args, checkpoint=None):
     model = build_model(args)
     if dtype != numpy.float32:
         model.astype(dtype)
+    # Data parallel: each process takes its shard of every batch and the hooks keep the models
+    # identical; with --sync-bn, BatchNorm's statistics span all the shards.
+    shard, hooks, is_main = {}, None, True
+    if comm is not None:
+        shard = {"rank": comm.rank, "world_size": comm.size}
+        if args.sync_bn:
+            model = SyncBatchNorm.convert_sync_batchnorm(model, comm)
+        hooks, is_main = distributed.DataParallelHooks(model, comm), comm.rank == 0
     if args.eval_only:
-        return evaluate_checkpoint(args, checkpoint, path, model)
+        return evaluate_checkpoint(args, checkpoint, path, model, shard, hooks)
 
     train_loader, test_loader, info = make_cifar10_loaders(
         args.data_dir, args.batch_size, args.seed, limit_train=args.limit_train, limit_test=args.limit_test,
-        normalization=args.normalization, dtype=args.dtype, download=args.download, augment=not args.no_augment)
+        normalization=args.normalization, dtype=args.dtype, download=args.download, augment=not args.no_augment,
+        **shard)
     optimizer = SGD(param_groups(model, args.weight_decay, args.no_bn_decay), lr=args.lr,
                     momentum=args.momentum, nesterov=args.nesterov)
     schedule = build_schedule(args, optimizer, args.epochs * len(train_loader))
@@ -285,9 +313,15 @@ def run(args, checkpoint=None):
         if state.epoch > args.epochs:
             raise CheckpointError(f"checkpoint {path} has finished {state.epoch} epochs, more than "
                                   f"--epochs {args.epochs}; pass --epochs {state.epoch} or more")
+    if comm is not None:
+        distributed.broadcast_state(model, comm)  # rank 0's weights everywhere, whatever each drew
     n_params = sum(p.size for p in model.parameters())
     print(f"{name}: {n_params:,} parameters on {backend.get_backend()} ({args.dtype}); "
           f"{info['n_train']:,} training / {info['n_test']:,} test images from {info['data_dir']}", flush=True)
+    if comm is not None:
+        print(f"data parallel on {comm.size} processes ({type(comm).__name__}): batch {args.batch_size} = "
+              f"{args.batch_size // comm.size}{'+' if args.batch_size % comm.size else ''} images per process, "
+              f"{'SyncBatchNorm' if args.sync_bn else 'BatchNorm per process'}", flush=True)
     if checkpoint is not None:
         print(f"resumed from {path} at epoch {state.epoch + 1}, iteration {schedule.step_count}", flush=True)
     if state.epoch == args.epochs:
@@ -299,14 +333,15 @@ def run(args, checkpoint=None):
     out = args.out
     if out is None:
         out = (os.path.dirname(path) or ".") if checkpoint is not None else os.path.join("runs", name)
-    os.makedirs(out, exist_ok=True)
-    remove_stale_temporaries(out)  # what a run killed in the middle of a write left behind
     state.config = dict(vars(args), out=out, model_name=name, parameters=int(n_params),
                         backend_used=backend.get_backend())
-    write_config(os.path.join(out, "config.json"), state.config)
+    if is_main:
+        os.makedirs(out, exist_ok=True)
+        remove_stale_temporaries(out)  # what a run killed in the middle of a write left behind
+        write_config(os.path.join(out, "config.json"), state.config)
     try:
         history = fit(state, test_loader, args.epochs, out=out, label_smoothing=args.label_smoothing,
-                      progress=not args.no_progress, resumed_from=path)
+                      progress=not args.no_progress, hooks=hooks, resumed_from=path)
     except NonFiniteError as e:
         raise NonFiniteError(f"{e}; try a lower --lr (now {args.lr:g}) or --warmup, {restart_hint(e.checkpoint)}",
                              e.checkpoint) from None
@@ -317,8 +352,9 @@ def run(args, checkpoint=None):
     return history[-1]
 
 
-# What a resumed run never takes from its checkpoint: where to resume from, and how to show it.
-_NOT_INHERITED = {"resume", "eval_only", "out", "no_progress"}
+# What a resumed run never takes from its checkpoint: where to resume from, and how to show and
+# run it (a run of N processes may go on in one, and back).
+_NOT_INHERITED = {"resume", "eval_only", "out", "no_progress", "distributed", "dist_timeout"}
 
 
 def inherited_argv(args, config, path):
@@ -343,20 +379,65 @@ def inherited_argv(args, config, path):
     return words
 
 
+def read_checkpoint_once(path, training, comm):
+    """``read_checkpoint`` on rank 0 only, its result (or its error) sent to every rank: in a
+    run over several machines the file need only be on rank 0's."""
+    if comm is None:
+        return read_checkpoint(path, training=training)
+    result = None
+    if comm.rank == 0:
+        try:
+            result = read_checkpoint(path, training=training)
+        except (ValueError, OSError, pickle.UnpicklingError) as e:
+            result = e
+    result = comm.broadcast_object(result)
+    if isinstance(result, Exception):
+        raise result
+    return result
+
+
 def main(argv=None):
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    comm = None
+    if args.distributed:
+        try:
+            comm = distributed.init(args.backend or backend.get_backend(), args.dist_timeout)
+        except (ImportError, backend.BackendError) as e:
+            print(f"{parser.prog}: error: --distributed: {e}", file=sys.stderr)
+            return 2
+        if comm.rank != 0:
+            sys.stdout = open(os.devnull, "w")  # only rank 0 prints; errors still reach stderr
+    if comm is None or comm.size == 1:
+        return _main(parser, args, argv, comm)
+    # A rank that cannot go on ends the whole job at once: the others would otherwise wait for
+    # it in their next exchange. Only "done" and an agreed Ctrl-C end every rank together.
+    try:
+        code = _main(parser, args, argv, comm)
+    except BaseException:
+        traceback.print_exc()
+        comm.abort(1)
+    if code not in (0, 130):
+        comm.abort(code)
+    comm.barrier()  # rank 0 may still be writing the last checkpoint
+    return code
+
+
+def _main(parser, args, argv, comm):
+    rank = "" if comm is None or comm.size == 1 else f" (rank {comm.rank})"
     try:
         checkpoint = None
         if args.resume:
             path = checkpoint_path(args.resume)
-            checkpoint = read_checkpoint(path, training=not args.eval_only)
+            checkpoint = read_checkpoint_once(path, not args.eval_only, comm)
             # The checkpoint's options first, then this command line's, which win where both
             # give one (argparse keeps the last value of an option).
             args = parser.parse_args(inherited_argv(args, checkpoint.get("config") or {}, path) + argv)
-        run(args, checkpoint)
+        run(args, checkpoint, comm)
     except Interrupted as e:
+        if comm is not None and comm.rank != 0:
+            return 130  # rank 0 says what happened, for all
         if e.saved is not None:
             print(f"\ninterrupted: saved {e.saved}; continue with the same flags and --resume {e.saved}",
                   file=sys.stderr)
@@ -370,15 +451,17 @@ def main(argv=None):
             backend.BackendError) as e:
         # Bad input: options, checkpoints, data files. One line (the data search lists its
         # places on the lines after), no traceback.
-        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        print(f"{parser.prog}: error{rank}: {e}", file=sys.stderr)
         return 2
     except TrainingError as e:
-        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        print(f"{parser.prog}: error{rank}: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         # Ctrl-C outside a training batch (loading the data, evaluating, a second Ctrl-C): no
         # new checkpoint, and no half-written one either, since every file is replaced atomically.
-        print(f"\n{parser.prog}: interrupted", file=sys.stderr)
+        print(f"\n{parser.prog}: interrupted{rank}", file=sys.stderr)
+        if rank:  # the other ranks may be anywhere: end them all
+            comm.abort(130)
         return 130
     return 0
 

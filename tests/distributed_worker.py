@@ -15,7 +15,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy  # noqa: E402
 
-from minires import distributed, models, nn  # noqa: E402
+from minires import backend, distributed, models, nn  # noqa: E402
 from minires import functional as F  # noqa: E402
 from minires.autograd import Tensor  # noqa: E402
 from minires.data import ArrayLoader, shard_bounds  # noqa: E402
@@ -47,7 +47,8 @@ def train_steps(comm, batch_size, dtype, sync_bn):
         x, y = batch(step, batch_size, dtype)
         lo, hi = shard_bounds(batch_size, comm.rank, comm.size)
         model.zero_grad()
-        loss = F.cross_entropy(model(Tensor(x[lo:hi])), y[lo:hi])
+        xp = backend.default_module()  # NumPy, or CuPy in case_nccl
+        loss = F.cross_entropy(model(Tensor(xp.asarray(x[lo:hi]))), xp.asarray(y[lo:hi]))
         loss.backward()
         reduce_gradients((hi - lo) / batch_size)
         if step == 0:
@@ -144,9 +145,23 @@ def case_kill(comm, how):
     return {}
 
 
+def case_nccl(comm, _):
+    """On GPUs through NCCL: the collectives, and train_steps' SyncBN run, on CuPy arrays."""
+    cupy = backend.get_module("cupy")
+    buf = cupy.arange(4, dtype=cupy.float64) + comm.rank
+    comm.allreduce(buf)
+    root = cupy.full(3, float(comm.rank))
+    comm.broadcast(root, 0)
+    backend.set_backend("cupy")
+    out = {k: backend.to_numpy(v) for k, v in train_steps(comm, 8, numpy.float64, sync_bn=True).items()}
+    out.update(sum=backend.to_numpy(buf), root=backend.to_numpy(root))
+    return out
+
+
 def main():
     case, out, arg = sys.argv[1], sys.argv[2], (sys.argv[3] if len(sys.argv) > 3 else None)
-    comm = distributed.init("numpy", timeout=float(os.environ.get("WORKER_TIMEOUT", 0)) or None)
+    comm = distributed.init("cupy" if case == "nccl" else "numpy",
+                            timeout=float(os.environ.get("WORKER_TIMEOUT", 0)) or None)
     try:
         result = globals()[f"case_{case}"](comm, arg)
     except BaseException as e:

@@ -285,10 +285,189 @@ def test_shards_are_disjoint_cover_the_epoch_and_form_one_process_batches(tmp_pa
 
 
 @needs_mpi
+def test_nccl_on_one_gpu(tmp_path):
+    """NCCL on CuPy arrays. One GPU hosts a world of one rank only (NCCL refuses two ranks on
+    one device); the code path for N GPUs is the same."""
+    from minires import backend
+    if not backend.cupy_available():
+        pytest.skip("NCCL test needs CuPy and a CUDA GPU")
+    result = run_ok(1, "nccl", tmp_path)[0]
+    np.testing.assert_array_equal(result["sum"], np.arange(4.0))
+    np.testing.assert_array_equal(result["root"], np.zeros(3))
+    reference = one_process(8, np.float64)
+    for key, want in reference.items():
+        assert rel_err(result[key], want) < 1e-10, key
+
+
+@needs_mpi
 @pytest.mark.parametrize("how, message", [("kill", "Killed"), ("raise", "rank 1 failed on purpose"),
                                           ("hang", "waited more than 2 s")])
 def test_a_failing_rank_ends_the_job(tmp_path, how, message):
     code, output, seconds = run_job(2, "kill", tmp_path, how, timeout=90, env={"WORKER_TIMEOUT": "2"})
     assert code != 0, output[-2000:]
     assert message in output, output[-2000:]
+    assert seconds < 60
+
+
+# =================================================================================================
+# The command line: mpiexec -n 2 python -m minires.train --distributed
+# =================================================================================================
+
+# float64 and --sync-bn: 2 processes then compute what 1 does, to rounding; a constant lr, so
+# that runs of different --epochs share a schedule
+CLI = ["--depth", "8", "--limit-train", "128", "--limit-test", "64", "--batch-size", "32", "--dtype", "float64",
+       "--schedule", "constant", "--no-progress"]
+
+
+def start_cli(n, args, env=None):
+    """``mpiexec -n n python -m minires.train --distributed ARGS`` (n=0: plain python), as a Popen
+    in its own session; ``args`` may hold a ":" for MPMD (several executables, each with its own
+    -env)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", **(env or {})}
+    cmd = [sys.executable, "-m", "minires.train", *map(str, args)]
+    if n:
+        cmd = [MPIEXEC, "-n", str(n)] + cmd[:3] + ["--distributed"] + cmd[3:]
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env, start_new_session=True)
+
+
+def finish(proc, timeout=180):
+    """(returncode, output, seconds to finish) of a started job; kills it and fails past ``timeout``."""
+    start = time.monotonic()
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        output, _ = proc.communicate()
+        pytest.fail(f"{' '.join(proc.args)} still running after {timeout} s:\n{output[-3000:]}")
+    return proc.returncode, output, time.monotonic() - start
+
+
+def train_cli(n, data, out, *extra):
+    code, output, _ = finish(start_cli(n, [*CLI, "--data-dir", data, "--out", out, *extra]))
+    assert code == 0, output[-3000:]
+    return output
+
+
+def assert_same_run(got, want):
+    """Two last.npz: the same weights, statistics and momentum (float64 rounding apart), position
+    and metrics."""
+    from minires import load
+    a, b = load(got), load(want)
+    for key, value in b["model"].items():
+        assert rel_err(a["model"][key], value) < 1e-10, key
+    for i, entry in b["optimizer"]["state"].items():
+        assert rel_err(a["optimizer"]["state"][i]["momentum_buffer"], entry["momentum_buffer"]) < 1e-10
+    assert a["loader"] == b["loader"] and a["schedule"]["step"] == b["schedule"]["step"]
+    for row_a, row_b in zip(a["history"], b["history"], strict=True):
+        for k in ("train_loss", "train_acc", "test_loss", "test_acc"):
+            assert row_a[k] == pytest.approx(row_b[k], rel=1e-9), k
+
+
+@pytest.fixture(scope="module")
+def straight(tiny_cifar10_dir, tmp_path_factory):
+    """One process, 3 epochs: {epochs: its last.npz after that many} for 1, 2, 3."""
+    runs = {}
+    for epochs in (1, 2, 3):
+        out = tmp_path_factory.mktemp(f"one{epochs}")
+        resume = ["--resume", runs[epochs - 1]] if epochs > 1 else []
+        train_cli(0, tiny_cifar10_dir, out, "--epochs", epochs, *resume)
+        runs[epochs] = out / "last.npz"
+    return runs
+
+
+@needs_mpi
+def test_two_processes_train_as_one_and_only_rank_0_speaks(tiny_cifar10_dir, straight, tmp_path):
+    output = train_cli(2, tiny_cifar10_dir, tmp_path, "--epochs", 2, "--sync-bn")
+    assert output.count("parameters on numpy") == 1 and output.count("epoch   2/2") == 1, output
+    assert "data parallel on 2 processes" in output and "16 images per process, SyncBatchNorm" in output
+    assert_same_run(tmp_path / "last.npz", straight[2])
+    written = set(os.listdir(tmp_path)) - {"curves.png"}  # curves.png with matplotlib only
+    assert written == {"best.npz", "config.json", "last.npz", "metrics.csv"}
+
+
+@needs_mpi
+def test_a_checkpoint_moves_from_two_processes_to_one_and_back(tiny_cifar10_dir, straight, tmp_path):
+    two, one, two_again = tmp_path / "two", tmp_path / "one", tmp_path / "two_again"
+    train_cli(2, tiny_cifar10_dir, two, "--epochs", 1, "--sync-bn")
+    train_cli(0, tiny_cifar10_dir, one, "--epochs", 2, "--resume", two / "last.npz")  # 2 -> 1
+    assert_same_run(one / "last.npz", straight[2])
+    train_cli(2, tiny_cifar10_dir, two_again, "--epochs", 3, "--resume", one / "last.npz")  # 1 -> 2
+    assert_same_run(two_again / "last.npz", straight[3])
+
+
+@needs_mpi
+def test_ctrl_c_stops_every_rank_after_the_same_batch_and_saves_once(tiny_cifar10_dir, straight, tmp_path):
+    from minires import load
+    run = tmp_path / "run"
+    proc = start_cli(2, [*CLI, "--data-dir", tiny_cifar10_dir, "--out", run, "--epochs", 40, "--sync-bn"])
+    deadline = time.monotonic() + 120
+    while not (run / "metrics.csv").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)  # what Ctrl-C in the terminal sends mpiexec
+    code, output, seconds = finish(proc, timeout=120)
+    assert code == 130, output[-3000:]
+    assert output.count("interrupted: saved") == 1, output[-3000:]
+    assert seconds < 60
+    saved = load(run / "last.npz")
+    epochs = int(saved["epoch"]) + 1  # it stopped in this epoch (or at its start)
+    assert 1 <= epochs <= 3, f"the run went on for {epochs} epochs after Ctrl-C"
+    # the stopped run, finished in one process, is the uninterrupted run
+    train_cli(0, tiny_cifar10_dir, tmp_path / "rest", "--epochs", epochs, "--resume", run / "last.npz")
+    assert_same_run(tmp_path / "rest" / "last.npz", straight[epochs])
+
+
+def descendants_with_rank(pid, rank):
+    """PIDs of the processes below ``pid`` that MPI started as rank ``rank`` (Linux /proc)."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    parent = int(f.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+            children.setdefault(parent, []).append(int(entry))
+    found, stack = [], [pid]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            stack.append(child)
+            try:
+                with open(f"/proc/{child}/environ", "rb") as f:
+                    if f"PMI_RANK={rank}".encode() in f.read().split(b"\0"):
+                        found.append(child)
+            except OSError:
+                pass
+    return found
+
+
+@needs_mpi
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds the rank's process through /proc (Linux)")
+def test_a_killed_rank_ends_the_training_job(tiny_cifar10_dir, tmp_path):
+    proc = start_cli(2, [*CLI, "--data-dir", tiny_cifar10_dir, "--out", tmp_path, "--epochs", 40])
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "metrics.csv").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    victims = descendants_with_rank(proc.pid, 1)
+    assert len(victims) == 1, victims
+    os.kill(victims[0], signal.SIGKILL)
+    code, output, seconds = finish(proc, timeout=60)
+    assert code != 0 and seconds < 30, output[-3000:]
+
+
+@needs_mpi
+def test_a_rank_that_fails_ends_the_job_with_its_message(tiny_cifar10_dir, tmp_path):
+    # rank 1 finds no data (no --data-dir; its $MINIRES_DATA and $HOME lead nowhere) while rank 0
+    # goes on to its first exchange and would wait there for ever
+    args = [*CLI, "--out", tmp_path, "--epochs", 1]
+    nowhere = tmp_path / "nowhere"
+    cmd = [MPIEXEC, "-n", "1", "-env", "MINIRES_DATA", str(tiny_cifar10_dir), sys.executable, "-m", "minires.train",
+           "--distributed", *map(str, args), ":", "-n", "1", "-env", "MINIRES_DATA", str(nowhere), "-env", "HOME",
+           str(nowhere), sys.executable, "-m", "minires.train", "--distributed", *map(str, args)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            start_new_session=True)
+    code, output, seconds = finish(proc, timeout=120)
+    assert code == 2, output[-3000:]
+    assert "error (rank 1): CIFAR-10 not found" in output, output[-3000:]
     assert seconds < 60

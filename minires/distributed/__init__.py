@@ -12,9 +12,11 @@ order of the data and takes its own slice of every batch (``minires.data.shard_b
 ranks with batch B/N each do what one process does with batch B.
 """
 from .communicator import Communicator, MPICommunicator, NCCLCommunicator
-from .data_parallel import GradientAllreducer, broadcast_state
+from .data_parallel import GradientAllreducer, broadcast_buffers, broadcast_state
+from .hooks import DataParallelHooks
 
 __all__ = ["Communicator", "MPICommunicator", "NCCLCommunicator", "GradientAllreducer", "broadcast_state",
+           "broadcast_buffers", "DataParallelHooks",
            "init", "get_world"]
 
 _world = None

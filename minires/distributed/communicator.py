@@ -62,10 +62,10 @@ class Watchdog:
 
 
 class Communicator:
-    """The interface: ``rank``, ``size``, ``xp``, and four collectives.
+    """The interface: ``rank``, ``size``, ``xp``, and the collectives.
 
-    Subclasses define ``_allreduce``, ``_broadcast``, ``barrier`` and ``abort``; this class adds
-    the checks and the watchdog around the first two.
+    Subclasses define ``_allreduce``, ``_broadcast``, ``barrier``, ``broadcast_object`` and
+    ``abort``; this class adds the checks and the watchdog around the first two.
     """
 
     rank = 0
@@ -132,6 +132,11 @@ class MPICommunicator(Communicator):
     def barrier(self):
         self._guarded("barrier", self.comm.Barrier)
 
+    def broadcast_object(self, obj, root=0):
+        """Rank ``root``'s ``obj`` (any picklable value: a checkpoint read on one machine, an
+        error) on every rank. Pickled, so only for values this job's own ranks made."""
+        return self._guarded("broadcast_object", self.comm.bcast, obj, root)
+
     def abort(self, code=1):
         """End every rank of the job now (MPI_Abort): what a rank that cannot go on calls, so
         that no other rank is left waiting in a collective."""
@@ -155,7 +160,11 @@ class NCCLCommunicator(MPICommunicator):
         super().__init__(comm, timeout)
         from .. import backend
         cupy = backend.get_module("cupy")
-        from cupy.cuda import nccl
+        try:
+            from cupy.cuda import nccl
+        except ImportError as e:
+            raise ImportError("NCCL is not available to this CuPy (install NCCL as CuPy's installation "
+                              f"guide says under 'optional libraries') [{e}]") from None
         self.xp, self.nccl = cupy, nccl
         # Ranks that share a machine: their order there picks the GPU.
         local = self.comm.Split_type(self.MPI.COMM_TYPE_SHARED)

@@ -18,6 +18,8 @@ One step on N ranks does what one process does with the whole batch:
 """
 import numpy
 
+from .. import backend
+
 
 def _by_dtype(arrays):
     """Group arrays by dtype, keeping their order: {dtype: [array, ...]}."""
@@ -27,20 +29,31 @@ def _by_dtype(arrays):
     return groups
 
 
-def broadcast_state(model, comm, root=0):
-    """Copy rank ``root``'s parameters and buffers into every rank's ``model``, in place.
-
-    One broadcast per dtype (float32 weights, int64 batch counters): the arrays are packed into
-    a flat buffer, sent, and unpacked into the same arrays.
-    """
-    arrays = [p.data for p in model.parameters()] + list(model.buffers())
+def _broadcast_arrays(arrays, comm, root):
+    """Overwrite ``arrays`` with rank ``root``'s, one flat message per dtype."""
     for group in _by_dtype(arrays).values():
-        buf = comm.xp.concatenate([a.reshape(-1) for a in group])  # each (shape) -> (size,)
+        # host arrays (a NumPy batch counter beside CuPy weights) travel on the device too
+        buf = comm.xp.concatenate([comm.xp.asarray(a).reshape(-1) for a in group])  # each (shape) -> (size,)
         comm.broadcast(buf, root)
         offset = 0
         for a in group:
-            a[...] = buf[offset:offset + a.size].reshape(a.shape)  # (size,) -> the array's shape
+            piece = buf[offset:offset + a.size].reshape(a.shape)  # (size,) -> the array's shape
+            a[...] = backend.to_backend(piece, backend.backend_of(a))
             offset += a.size
+
+
+def broadcast_state(model, comm, root=0):
+    """Copy rank ``root``'s parameters and buffers into every rank's ``model``, in place (at the
+    start of a run, so that all ranks start identical)."""
+    _broadcast_arrays([p.data for p in model.parameters()] + list(model.buffers()), comm, root)
+
+
+def broadcast_buffers(model, comm, root=0):
+    """Copy rank ``root``'s buffers (BatchNorm's running statistics and batch counts) into every
+    rank's ``model``. With per-rank BatchNorm each rank's statistics follow its own shard;
+    after this every rank holds rank 0's, which are those a checkpoint saves and evaluation
+    uses (DDP's ``broadcast_buffers``)."""
+    _broadcast_arrays(list(model.buffers()), comm, root)
 
 
 class GradientAllreducer:

@@ -33,21 +33,24 @@ class LoopHooks:
 
     - ``is_main``: False on every process but rank 0. Such a process writes no file (no
       checkpoint, metrics.csv or curves.png), shows no progress bar and prints nothing.
-    - ``after_backward(model, optimizer)``: called in every batch after ``loss.backward()`` and
-      before ``optimizer.step()``; the gradients are in ``p.grad``. E.g. average them over the
-      processes (an all-reduce) so that every process takes the same step.
+    - ``after_backward(model, optimizer, share)``: called in every batch after ``loss.backward()``
+      and before ``optimizer.step()``; the gradients (of this process's mean loss) are in
+      ``p.grad``, and ``share`` is this process's part of the batch (its images / all images; 1
+      on one process). E.g. replace them by the share-weighted sum over the processes (an
+      all-reduce), the gradient of the whole batch's mean loss, so every process takes that step.
     - ``any(flag)``: combine a per-process bool so that every process gets the same answer:
       True when it is True on any process (an all-reduce with max). The loop calls it with the
       Ctrl-C request before every batch and at the end of every epoch, and with "the loss is not
       finite" after every forward pass, so all processes stop at the same batch.
     - ``sum(values)``: a list of numbers summed over the processes, element by element. The loop
-      calls it for the reported metrics only (the training loss sum, correct and seen of an
-      epoch; the same of an evaluation), so they cover every process's shard.
+      calls it for the reported metrics (every batch's loss sum, correct and seen, so that the
+      running sums of the epoch, and a checkpoint of them, cover the whole batch on every
+      process; the same of an evaluation).
     """
 
     is_main = True
 
-    def after_backward(self, model, optimizer):
+    def after_backward(self, model, optimizer, share):
         pass
 
     def any(self, flag):
@@ -116,18 +119,20 @@ def train_epoch(state, stop, epochs, label_smoothing=0.0, progress=True, hooks=N
                 loss = F.cross_entropy(logits, yb, label_smoothing)
                 value = loss.item()
                 check_loss(value, where, hooks.any(not math.isfinite(value)))
+                n = len(yb)
+                correct = int((logits.data.argmax(axis=1) == yb).sum())
+                loss_sum, correct, seen = hooks.sum([value * n, correct, n])  # of the whole batch
                 optimizer.zero_grad()
                 loss.backward()
-                hooks.after_backward(model, optimizer)
+                hooks.after_backward(model, optimizer, n / seen)
                 with section("optimizer"):
                     optimizer.step()
             except MemoryError as e:
                 raise OutOfMemoryError(f"out of memory {where}, in a batch of {len(yb)} images: {e}") from None
             schedule.step()
-            n = len(yb)
-            partial["loss_sum"] += value * n
-            partial["correct"] += int((logits.data.argmax(axis=1) == yb).sum())
-            partial["seen"] += n
+            partial["loss_sum"] += loss_sum
+            partial["correct"] += int(correct)
+            partial["seen"] += int(seen)
             in_batch = False
             position = loader.state_dict()
             elapsed = partial["seconds"] + time.perf_counter() - start
@@ -207,7 +212,7 @@ def fit(state, test_loader, epochs, out=None, label_smoothing=0.0, progress=True
                 raise NonFiniteError(f"the test loss became {test_loss} after epoch {state.epoch + 1}",
                                      checkpoint=good())
             partial = state.partial
-            sums = hooks.sum([partial["loss_sum"], partial["correct"], partial["seen"]])
+            sums = [partial["loss_sum"], partial["correct"], partial["seen"]]
             # The lr of the epoch's last iteration. The optimizer already holds the next
             # iteration's, which is a tenth of it when a multistep drop falls on the boundary.
             row = epoch_row(state.epoch + 1, sums, partial["seconds"],
