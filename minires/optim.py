@@ -27,11 +27,21 @@ _HYPERPARAMETERS = ("lr", "momentum", "dampening", "weight_decay", "nesterov")
 
 
 def _check_group(group, i):
+    """Refuse hyperparameters that are not finite, or that make SGD diverge by construction."""
     where = f"parameter group {i}"
+    for name in ("lr", "momentum", "dampening", "weight_decay"):
+        value = group[name]
+        if isinstance(value, bool) or not isinstance(value, (int, float, numpy.integer, numpy.floating)):
+            raise ValueError(f"{where}: {name} must be a number, got {type(value).__name__}")
+        if not math.isfinite(value):
+            raise ValueError(f"{where}: invalid {name} {value}: must be a finite number")
     if group["lr"] < 0:
         raise ValueError(f"{where}: invalid learning rate {group['lr']}: must be >= 0")
-    if group["momentum"] < 0:
-        raise ValueError(f"{where}: invalid momentum {group['momentum']}: must be >= 0")
+    # momentum > 1 multiplies the buffer by more than 1 at every step: the steps grow without end.
+    if not 0 <= group["momentum"] <= 1:
+        raise ValueError(f"{where}: invalid momentum {group['momentum']}: must lie in [0, 1]")
+    if not 0 <= group["dampening"] <= 1:
+        raise ValueError(f"{where}: invalid dampening {group['dampening']}: must lie in [0, 1]")
     if group["weight_decay"] < 0:
         raise ValueError(f"{where}: invalid weight_decay {group['weight_decay']}: must be >= 0")
     if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
@@ -151,10 +161,11 @@ class SGD:
                                  f"its parameter {tuple(p.data.shape)}")
             xp = get_array_module(p.data)
             buffers[id(p)] = xp.array(buf, dtype=p.data.dtype)  # a copy on p's backend
-        for saved, group in zip(groups, self.param_groups):
-            for k, v in saved.items():
-                if k != "params":
-                    group[k] = v
+        merged = [{**group, **{k: v for k, v in saved.items() if k != "params"}}
+                  for saved, group in zip(groups, self.param_groups)]
+        for i, group in enumerate(merged):
+            _check_group(group, i)
+        self.param_groups[:] = merged
         self.state = buffers
 
 
@@ -177,8 +188,8 @@ class LRSchedule:
             raise ValueError(f"warmup_steps must be >= 0, found {warmup_steps}")
         if warmup not in ("constant", "linear"):
             raise ValueError(f"warmup must be 'constant' or 'linear', found {warmup!r}")
-        if warmup_steps > 0 and (warmup_lr is None or warmup_lr < 0):
-            raise ValueError("a warm-up needs warmup_lr >= 0")
+        if warmup_steps > 0 and (warmup_lr is None or not math.isfinite(warmup_lr) or warmup_lr < 0):
+            raise ValueError(f"a warm-up needs a finite warmup_lr >= 0, found {warmup_lr}")
         self.optimizer = optimizer
         self.base_lrs = [group["lr"] for group in optimizer.param_groups]
         if self.base_lrs[0] <= 0:

@@ -132,6 +132,50 @@ def test_load_batch_rejects_bad_contents(tmp_path, data, labels, message):
     assert str(path) in str(info.value)
 
 
+# issue 8, items 2 and 3: labels that were a traceback (None, a dict, beyond int64) or silently
+# wrong (0.7 truncated to 0, "3" read as 3).
+@pytest.mark.parametrize("labels, message", [
+    (None, "'labels' must be a list of integers, found NoneType"),
+    ({0: 1, 1: 2}, "'labels' must be a list of integers, found dict"),
+    ([0, 2**70], "labels must lie in 0..9, found 1180591620717411303424"),
+    ([0, -2**70], "labels must lie in 0..9"),
+    ([0, 0.7], "must be integers in 0..9, found float values"),
+    (["1", "2"], "must be integers in 0..9, found str values"),
+    ([b"1", b"2"], "must be integers in 0..9, found bytes values"),
+    ([True, False], "must be integers in 0..9, found bool values"),
+    (np.array([0.0, 0.7]), "found an array of float64"),
+    (np.array(["1", "2"]), "found an array of <U1"),
+], ids=["None", "dict", "beyond-int64", "below-int64", "0.7", "str", "bytes", "bool", "float-array", "str-array"])
+def test_load_batch_refuses_labels_that_are_not_integers(tmp_path, labels, message):
+    path = tmp_path / "data_batch_2"
+    with open(path, "wb") as f:
+        pickle.dump({b"data": np.zeros((2, 3072), np.uint8), b"labels": labels}, f, protocol=2)
+    with pytest.raises(ValueError) as info:
+        load_batch(path)
+    assert message in str(info.value) and str(path) in str(info.value)
+
+
+def test_an_empty_batch_pickled_with_protocol_2_loads(tmp_path):
+    """issue 8, item 2: an empty array's data is pickled at protocol 2 as a call of bytes(),
+    which the safe unpickler refused; the file is a valid (if useless) CIFAR-style batch."""
+    path = tmp_path / "data_batch_1"
+    write_batch(path, np.zeros((0, 3072), np.uint8), [])
+    assert b"bytes" in path.read_bytes()  # the protocol-2 form this test is about
+    x, y = load_batch(path)
+    assert x.shape == (0, 3, 32, 32) and x.dtype == np.uint8
+    assert y.shape == (0,) and y.dtype == np.int64
+
+
+def test_bytes_with_an_argument_is_refused(tmp_path):
+    """Only bytes() may be called (the empty array's data): bytes(n) would be an allocation of
+    a size chosen by the file."""
+    payload = b"\x80\x02c__builtin__\nbytes\nJ\x00\xe4\x0bT\x85R."  # bytes(1410065408): 1.4 GB
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(payload)
+    with pytest.raises(ValueError, match="data_batch_1"):
+        load_batch(path)
+
+
 def test_load_batch_missing_key_truncated_and_missing_file(tmp_path):
     path = tmp_path / "no_labels"
     with open(path, "wb") as f:
@@ -362,6 +406,18 @@ def test_failed_download_is_clear_and_leaves_nothing(isolated_env, monkeypatch, 
     assert isinstance(info.value, RuntimeError)
     assert str(target / "cifar-10-python.tar.gz") in str(info.value)  # says where to put it
     assert os.listdir(target) == []
+
+
+def test_a_new_download_removes_what_an_interrupted_one_left(tmp_path):
+    """issue 8, item 4: a download killed midway (kill -9, power loss) leaves its temporary file;
+    the next download removes it instead of leaving 170 MB more litter each time."""
+    stale = tmp_path / ".f.bin.0123456789ab.tmp"
+    stale.write_bytes(b"x" * 1000)
+    other = tmp_path / ".g.bin.0123456789ab.tmp"  # another file's: not this download's to remove
+    other.write_bytes(b"y")
+    payload = b"hello" * 100
+    cifar.download_url("http://example.invalid/f", tmp_path / "f.bin", opener=lambda url: FakeResponse(payload))
+    assert sorted(os.listdir(tmp_path)) == [".g.bin.0123456789ab.tmp", "f.bin"]
 
 
 def test_download_url_with_injected_opener(tmp_path):

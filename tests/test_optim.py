@@ -132,6 +132,37 @@ def test_sgd_rejects_bad_hyperparameters(hyper, message):
         SGD([Param([1.0])], **hyper)
 
 
+@pytest.mark.parametrize("hyper, message", [
+    (dict(lr=float("nan")), "lr nan: must be a finite number"),
+    (dict(lr=float("inf")), "lr inf: must be a finite number"),
+    (dict(lr=0.1, momentum=float("nan")), "momentum nan"),
+    (dict(lr=0.1, momentum=1.5), "momentum 1.5: must lie in"),
+    (dict(lr=0.1, weight_decay=float("inf")), "weight_decay inf"),
+    (dict(lr=0.1, weight_decay=float("nan")), "weight_decay nan"),
+    (dict(lr=0.1, momentum=0.9, dampening=float("nan")), "dampening nan"),
+    (dict(lr="0.1"), "lr must be a number"),
+])
+def test_sgd_rejects_non_finite_and_absurd_hyperparameters(hyper, message):
+    """issue 8, item 3: NaN, inf and momentum > 1 were accepted and trained to nonsense."""
+    with pytest.raises(ValueError, match=message):
+        SGD([Param([1.0])], **hyper)
+
+
+def test_sgd_load_state_dict_refuses_non_finite_hyperparameters():
+    p = Param([1.0])
+    state = SGD([p], lr=0.1, momentum=0.9).state_dict()
+    state["param_groups"][0]["lr"] = float("nan")
+    optimizer = SGD([p], lr=0.1, momentum=0.9)
+    with pytest.raises(ValueError, match="lr nan"):
+        optimizer.load_state_dict(state)
+    assert optimizer.param_groups[0]["lr"] == 0.1  # unchanged
+
+
+def test_warmup_lr_must_be_finite():
+    with pytest.raises(ValueError, match="finite warmup_lr"):
+        ConstantLR(SGD([Param([1.0])], lr=0.1), warmup_steps=10, warmup_lr=float("nan"))
+
+
 def test_sgd_rejects_bad_groups():
     p = Param([1.0])
     with pytest.raises(ValueError, match="empty"):

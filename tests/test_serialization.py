@@ -1,6 +1,8 @@
 """save/load: round trips of state dicts and checkpoints, atomic writes, clear errors."""
+import io
 import os
 import random
+import zipfile
 
 import numpy as np
 import pytest
@@ -9,6 +11,7 @@ import minires
 import minires.functional as F
 from minires import Tensor, models, serialization
 from minires.serialization import load, save
+from minires.utils.io import atomic_write, remove_stale_temporaries, temporary_path
 
 
 def images(shape, seed=0):
@@ -196,3 +199,92 @@ def test_cupy_arrays_are_saved_as_numpy(tmp_path):
     loaded = load(tmp_path / "gpu.npz")
     assert isinstance(loaded["conv1.weight"], np.ndarray)
     models.resnet20().load_state_dict(loaded)
+
+
+# --- hostile files (issue 8, item 2) -----------------------------------------------------------
+
+def _archive(path, members):
+    """A zip archive of raw members: name -> bytes."""
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+
+
+def _npy_bytes(array):
+    buffer = io.BytesIO()
+    np.lib.format.write_array(buffer, array)
+    return buffer.getvalue()
+
+
+def test_metadata_nested_thousands_deep_is_refused(tmp_path):
+    """json.loads and the decoder used to die with a RecursionError traceback."""
+    path = tmp_path / "deep.npz"
+    meta = '{"format": "minires", "version": 1, "tree": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    _archive(path, {"__meta__.json.npy": _npy_bytes(np.array(meta))})
+    with pytest.raises(ValueError, match="deep.npz.*nested more than"):
+        load(path)
+    # Deep enough for the decoder's own limit, shallow enough for json.
+    meta = '{"format": "minires", "version": 1, "tree": {"a": ' + "[" * 500 + "]" * 500 + "}}"
+    _archive(path, {"__meta__.json.npy": _npy_bytes(np.array(meta))})
+    with pytest.raises(ValueError, match="deep.npz.*nested more than"):
+        load(path)
+
+
+def test_an_npy_header_claiming_terabytes_is_refused_before_allocating(tmp_path):
+    """The header is the file's word for the array's size: an 8 TB claim in a member of a few
+    bytes used to end in a MemoryError traceback (or an 8 TB allocation)."""
+    header = {"descr": "<f8", "fortran_order": False, "shape": (10**12,)}
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, header)
+    path = tmp_path / "huge.npz"
+    _archive(path, {"w.npy": buffer.getvalue() + b"\0" * 64})
+    with pytest.raises(ValueError, match=r"huge.npz.*'w.npy' claims an array of shape \(1000000000000,\)"):
+        load(path)
+
+
+def test_object_arrays_in_a_file_are_refused(tmp_path):
+    path = tmp_path / "obj.npz"
+    header = {"descr": "|O", "fortran_order": False, "shape": (1,)}
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, header)
+    _archive(path, {"w.npy": buffer.getvalue() + b"\0" * 8})
+    with pytest.raises(ValueError, match="obj.npz.*Python objects"):
+        load(path)
+
+
+def test_a_compressed_npz_from_numpy_still_loads(tmp_path):
+    path = tmp_path / "c.npz"
+    np.savez_compressed(path, w=np.arange(6.0).reshape(2, 3), b=np.int64(4))
+    loaded = load(path)
+    assert np.array_equal(loaded["w"], np.arange(6.0).reshape(2, 3)) and loaded["b"] == 4
+
+
+# --- minires.utils.io: the one atomic write (issue 8, item 4) ----------------------------------
+
+def test_atomic_write_replaces_whole_or_not_at_all(tmp_path):
+    path = tmp_path / "notes.txt"
+    with atomic_write(path, "w") as f:
+        f.write("first")
+    with pytest.raises(RuntimeError, match="midway"):
+        with atomic_write(path, "w") as f:
+            f.write("second, half")
+            raise RuntimeError("midway")
+    assert path.read_text() == "first"
+    assert os.listdir(tmp_path) == ["notes.txt"]  # the temporary file is gone
+    with pytest.raises(FileNotFoundError, match="no such directory"):
+        with atomic_write(tmp_path / "nowhere" / "x", "w"):
+            pass
+
+
+def test_stale_temporaries_are_recognised_and_only_they_are_removed(tmp_path):
+    stale = [temporary_path(tmp_path / "last.npz"), temporary_path(tmp_path / "metrics.csv")]
+    for name in stale:
+        open(name, "w").close()
+    os.mkdir(temporary_path(tmp_path / "cifar-10-batches-py"))  # an extraction's folder
+    keep = [".last.npz.tmp", "last.npz", ".hidden", ".x.0123456789ab.tmp.bak", ".y.XYZ456789abc.tmp"]
+    for name in keep:
+        (tmp_path / name).write_text("mine")
+    removed = remove_stale_temporaries(tmp_path, "last.npz")
+    assert removed == [stale[0]]
+    assert len(remove_stale_temporaries(tmp_path)) == 2
+    assert sorted(os.listdir(tmp_path)) == sorted(keep)

@@ -16,6 +16,8 @@ the user's stderr.
 import csv
 import json
 import os
+import pickle
+import shutil
 import signal
 import subprocess
 import sys
@@ -32,7 +34,7 @@ import minires.training.loop as loop
 from minires import backend as mb
 from minires.nn import init
 from minires.optim import SGD, ConstantLR, CosineLR, MultiStepLR
-from minires.serialization import load
+from minires.serialization import load, save
 
 REPO = Path(__file__).resolve().parents[1]
 PROG = "python -m minires.train"
@@ -347,6 +349,9 @@ def cli(*argv, env=None):
     (["--depth", "21"], "depth must be 6n+2"),
     (["--model", "nosuchmodel"], "unknown model 'nosuchmodel'"),
     (["--batch-size", "0"], "--batch-size must be at least 1"),
+    # issue 8, item 5: refused at once with the estimate, instead of a run that never ends
+    (["--depth", "6000002"], "--depth 6000002 would build a ResNet of about 9.73e+10 parameters"),
+    (["--epochs", str(10**9)], "--epochs 1000000000 is more than 10,000 (the paper trains 164): 3.91e+11 iterations"),
 ])
 def test_bad_arguments_fail_with_one_line_and_no_traceback(tmp_path, argv, reason):
     done = cli(*argv, "--out", tmp_path / "out")
@@ -553,3 +558,189 @@ def test_resume_alone_takes_the_runs_own_options(tiny_cifar10_dir, tmp_path):
     config = json.loads((short / "config.json").read_text())
     assert config["depth"] == 8 and config["batch_size"] == 32 and config["schedule"] == "constant"
     assert metric_rows(short) == metric_rows(tmp_path / "straight")
+
+
+# --- hardening (issue 8): each of these failed before the fix ---------------------------------
+
+@pytest.fixture
+def run_copy(straight, tmp_path):
+    """A copy of the straight run's folder, to damage."""
+    return Path(shutil.copytree(straight, tmp_path / "copy"))
+
+
+def test_ctrl_c_while_the_weights_diverge_keeps_the_good_checkpoint(tiny_cifar10_dir, run_copy, monkeypatch,
+                                                                      capsys, foreground):
+    """Item 1: a Ctrl-C that arrives while the weights have just become inf used to save them as
+    last.npz, over the last good checkpoint."""
+    last = run_copy / "last.npz"
+    good = last.read_bytes()
+    original = SGD.step
+
+    def diverging_step(self):
+        original(self)
+        for p in self._params():
+            p.data[...] = numpy.inf
+        signal.raise_signal(signal.SIGINT)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(SGD, "step", diverging_step)
+        assert run_main(*tiny(tiny_cifar10_dir, "--epochs", 3, "--resume", last)) == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "nan or inf" in err and "nothing saved" in err and f"--resume {last}" in err
+    assert last.read_bytes() == good
+    assert run_main(*tiny(tiny_cifar10_dir, "--eval-only", "--resume", last)) == 0
+
+
+def test_eval_only_refuses_a_checkpoint_with_nan_weights(tiny_cifar10_dir, straight, tmp_path, capsys):
+    """Item 1: such a checkpoint used to report an accuracy."""
+    checkpoint = load(straight / "last.npz")
+    checkpoint["model"]["layer1.0.conv1.weight"][0, 0, 0, 0] = numpy.nan
+    save(checkpoint, tmp_path / "nan.npz")
+    assert run_main(*tiny(tiny_cifar10_dir, "--eval-only", "--resume", tmp_path / "nan.npz")) == 2
+    line = _error_line(capsys)
+    assert f"checkpoint {tmp_path / 'nan.npz'}: model/layer1.0.conv1.weight holds nan or inf" in line
+
+
+class Evil:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("content, message", [
+    ("evil", "refusing to load global"),
+    ("labels-none", "'labels' must be a list of integers, found NoneType"),
+    ("labels-0.7", "'labels' must be integers in 0..9, found float values"),
+    ("labels-str", "'labels' must be integers in 0..9, found str values"),
+])
+def test_a_bad_data_file_is_one_line_naming_it(tiny_cifar10_dir, tmp_path, capsys, content, message):
+    """Item 2 (and 3 for 0.7 and strings): a crafted pickle was a traceback through the CLI; labels
+    None a traceback, 0.7 silently label 0, "3" silently label 3."""
+    folder = Path(shutil.copytree(tiny_cifar10_dir, tmp_path / "data"))
+    marker = tmp_path / "pwned"
+    data = numpy.zeros((64, 3072), numpy.uint8)
+    labels = {"evil": Evil(marker), "labels-none": None, "labels-0.7": [0.7] * 64, "labels-str": ["3"] * 64}[content]
+    with open(folder / "data_batch_3", "wb") as f:
+        pickle.dump({b"data": data, b"labels": labels}, f, protocol=2)
+    out = tmp_path / "out"
+    assert run_main(*tiny(folder, "--epochs", 1, "--out", out)) == 2
+    line = _error_line(capsys)
+    assert str(folder / "data_batch_3") in line and message in line
+    assert not marker.exists() and not out.exists()
+
+
+def _set(path, value):
+    """A function that sets checkpoint[path[0]][path[1]]... to value (or deletes it: value=DELETE)."""
+    def change(checkpoint):
+        *parents, key = path
+        target = checkpoint
+        for k in parents:
+            target = target[k]
+        if value is DELETE:
+            del target[key]
+        else:
+            target[key] = value(target[key]) if callable(value) else value
+    return change
+
+
+DELETE = object()
+
+DAMAGED_CHECKPOINTS = [
+    pytest.param(_set(["optimizer"], "sgd"), "entry 'optimizer' must be a dict, found str", id="optimizer-str"),
+    pytest.param(_set(["optimizer", "param_groups", 0, "lr"], "0.1"),
+                 "entry 'optimizer/param_groups/0/lr' must be a finite number, found str", id="lr-str"),
+    pytest.param(_set(["optimizer", "state", 0, "momentum_buffer"], lambda b: b.astype(numpy.complex64)),
+                 "entry 'optimizer/state/0/momentum_buffer' must be an array of real numbers, found an array of "
+                 "complex64", id="momentum-complex"),
+    pytest.param(_set(["schedule"], DELETE), "has no training state (schedule)", id="schedule-missing"),
+    pytest.param(_set(["schedule", "step"], 2.5), "entry 'schedule/step' must be an integer >= 0, found float",
+                 id="step-float"),
+    pytest.param(_set(["history"], [1, 2]), "entry 'history/0' must be a dict, found int", id="history-ints"),
+    pytest.param(_set(["history", 0, "test_acc"], DELETE), "entry 'history/0' lacks 'test_acc'",
+                 id="history-column-missing"),
+    pytest.param(_set(["config"], [1, 2]), "entry 'config' must be a dict, found list", id="config-list"),
+    pytest.param(_set(["config"], DELETE), "has no training state (config)", id="config-missing"),
+    pytest.param(_set(["config", "lr"], "fast"), "config entry 'lr' is not a valid --lr", id="config-lr-str"),
+    pytest.param(_set(["partial"], None), "entry 'partial' must be a dict, found NoneType", id="partial-none"),
+    pytest.param(_set(["loader", "batch"], "2"), "entry 'loader/batch' must be an integer >= 0, found str",
+                 id="loader-str"),
+    pytest.param(_set(["model", "conv1.weight"], lambda w: w.astype(numpy.complex64)),
+                 "entry 'model/conv1.weight' must be an array of real numbers, found an array of complex64",
+                 id="weights-complex"),
+    pytest.param(_set(["model", "conv1.weight"], lambda w: w.astype(str)),
+                 "entry 'model/conv1.weight' must be an array of real numbers, found an array of <U",
+                 id="weights-str"),
+]
+
+
+@pytest.mark.parametrize("damage, message", DAMAGED_CHECKPOINTS)
+def test_a_damaged_checkpoint_is_one_line_and_leaves_the_run_alone(tiny_cifar10_dir, run_copy, capsys, damage,
+                                                                  message):
+    """Items 2, 3 and 4: entries of the wrong type or missing were tracebacks (or, for complex and
+    string weights, silently cast), and a refused resume could rewrite the run's config.json."""
+    last = run_copy / "last.npz"
+    checkpoint = load(last)
+    damage(checkpoint)
+    save(checkpoint, last)
+    before = {name: (run_copy / name).read_bytes() for name in ("config.json", "metrics.csv", "last.npz")}
+    assert run_main(*tiny(tiny_cifar10_dir, "--epochs", 3, "--resume", last)) == 2
+    line = _error_line(capsys)
+    assert str(last) in line and message in line
+    assert {name: (run_copy / name).read_bytes() for name in before} == before
+
+
+def test_a_resume_refused_for_its_epochs_leaves_config_json(tiny_cifar10_dir, run_copy, capsys):
+    """Item 4: resuming a finished 2-epoch run with --epochs 1 rewrote config.json (epochs: 1)."""
+    config = (run_copy / "config.json").read_bytes()
+    assert run_main(*tiny(tiny_cifar10_dir, "--epochs", 1, "--resume", run_copy)) == 2
+    assert "has finished 2 epochs, more than --epochs 1" in _error_line(capsys)
+    assert (run_copy / "config.json").read_bytes() == config
+
+
+def test_a_run_removes_the_temporary_files_a_killed_run_left(tiny_cifar10_dir, tmp_path):
+    """Item 4: a run killed in the middle of a write leaves its temporary file; they piled up."""
+    out = tmp_path / "run"
+    out.mkdir()
+    stale = [".last.npz.0123456789ab.tmp", ".metrics.csv.abcdef012345.tmp", ".curves.png.00aa11bb22cc.tmp"]
+    mine = ["notes.tmp", ".last.npz.tmp"]
+    for name in stale + mine:
+        (out / name).write_bytes(b"x")
+    assert run_main(*tiny(tiny_cifar10_dir, "--epochs", 1, "--out", out)) == 0
+    left = set(os.listdir(out))
+    assert not left & set(stale) and set(mine) <= left
+
+
+def test_a_batch_that_does_not_fit_in_memory_is_one_line(tiny_cifar10_dir, tmp_path, monkeypatch, capsys):
+    """Item 2: a MemoryError was a traceback; it now names the allocation (NumPy's message) and
+    the option to change. The allocation is a real one: a (10^7, 10^7) float32 array."""
+    def huge(*args, **kwargs):
+        return numpy.empty((10**7, 10**7), numpy.float32)
+
+    monkeypatch.setattr(F, "cross_entropy", huge)
+    assert run_main(*tiny(tiny_cifar10_dir, "--epochs", 1, "--out", tmp_path / "run")) == 2
+    line = _error_line(capsys)
+    assert "out of memory at epoch 1, iteration 1, in a batch of 32 images" in line
+    assert "Unable to allocate" in line and "(10000000, 10000000)" in line
+    assert "try a smaller --batch-size (now 32)" in line
+
+
+@pytest.mark.parametrize("flag, value, reason", [
+    ("--lr", "nan", "--lr must be a finite number, got nan"),
+    ("--lr", "inf", "--lr must be a finite number, got inf"),
+    ("--lr", "1e12", "--lr must lie in (0, 10], got 1e+12"),
+    ("--lr", "0", "--lr must lie in (0, 10], got 0"),
+    ("--momentum", "nan", "--momentum must be a finite number"),
+    ("--momentum", "1.5", "--momentum must lie in [0, 1), got 1.5"),
+    ("--weight-decay", "inf", "--weight-decay must be a finite number"),
+    ("--weight-decay", "2", "--weight-decay must lie in [0, 1), got 2"),
+    ("--warmup-lr", "nan", "--warmup-lr must be a finite number"),
+    ("--warmup-lr", "-1", "--warmup-lr must lie in (0, 10], got -1"),
+])
+def test_non_finite_or_absurd_hyperparameters_are_refused(tmp_path, capsys, flag, value, reason):
+    """Item 3: NaN, inf and absurd values were accepted (and trained on)."""
+    assert run_main("--data-dir", tmp_path / "none", flag, value, "--out", tmp_path / "out") == 2
+    assert reason in _error_line(capsys)
+    assert not (tmp_path / "out").exists()
