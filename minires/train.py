@@ -372,8 +372,10 @@ def inherited_argv(args, config, path):
                                   f"true/false, found {type(value).__name__}")
         option = [flag] if value is True else [flag, str(value)]
         try:
-            quiet.parse_args(option)
-        except (argparse.ArgumentError, SystemExit) as e:
+            _, left = quiet.parse_known_args(option)
+            if left:
+                raise argparse.ArgumentError(None, f"{flag} takes no value, found {left[0]!r}")
+        except argparse.ArgumentError as e:
             raise CheckpointError(f"checkpoint {path}: config entry {key!r} is not a valid {flag}: {e}") from None
         words += option
     return words

@@ -133,12 +133,14 @@ def test_a_small_resnet_learns_real_cifar10(cifar10_dir, tmp_path, capsys):
 # --- resuming -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("data", ["tiny", "real"])
-def test_resuming_a_finished_run_continues_it_exactly(data, tmp_path, request):
+def test_resuming_a_finished_run_continues_it_exactly(data, tmp_path, request, capsys):
     """2 epochs straight == 1 epoch, then --resume ... --epochs 2. A constant lr: the multistep
     drops are placed by --epochs, so extending a multistep run changes its schedule."""
     folder = request.getfixturevalue("tiny_cifar10_dir" if data == "tiny" else "cifar10_dir")
     args = tiny(folder, "--schedule", "constant", "--lr", "0.05")
     assert run_main(*args, "--epochs", 2, "--out", tmp_path / "straight") == 0
+    # After its first epoch a run says how long the rest will take (issue 8, item 5).
+    assert "to go for the 1 remaining epochs" in capsys.readouterr().out
     assert run_main(*args, "--epochs", 1, "--out", tmp_path / "resumed") == 0
     assert len(read_metrics(tmp_path / "resumed")) == 1
     # No --out: a resumed run writes beside its checkpoint.
@@ -664,6 +666,8 @@ DAMAGED_CHECKPOINTS = [
     pytest.param(_set(["config"], [1, 2]), "entry 'config' must be a dict, found list", id="config-list"),
     pytest.param(_set(["config"], DELETE), "has no training state (config)", id="config-missing"),
     pytest.param(_set(["config", "lr"], "fast"), "config entry 'lr' is not a valid --lr", id="config-lr-str"),
+    pytest.param(_set(["config", "nesterov"], "yes"), "config entry 'nesterov' is not a valid --nesterov",
+                 id="config-flag-str"),
     pytest.param(_set(["partial"], None), "entry 'partial' must be a dict, found NoneType", id="partial-none"),
     pytest.param(_set(["loader", "batch"], "2"), "entry 'loader/batch' must be an integer >= 0, found str",
                  id="loader-str"),
