@@ -748,3 +748,86 @@ def test_non_finite_or_absurd_hyperparameters_are_refused(tmp_path, capsys, flag
     assert run_main("--data-dir", tmp_path / "none", flag, value, "--out", tmp_path / "out") == 2
     assert reason in _error_line(capsys)
     assert not (tmp_path / "out").exists()
+
+
+# --- minires.training from Python: the hook points a distributed variant uses ---------------
+
+def _tiny_state(folder, weight_decay=0.0):
+    from minires import models
+    from minires.data import make_cifar10_loaders
+    from minires.training import TrainState
+    train_loader, test_loader, _ = make_cifar10_loaders(folder, 32, limit_train=128, limit_test=64)
+    init.manual_seed(0)
+    model = models.cifar_resnet(8)
+    optimizer = SGD(model.parameters(), lr=0.1, momentum=0.0, weight_decay=weight_decay)
+    return TrainState(model, optimizer, ConstantLR(optimizer), train_loader), test_loader
+
+
+class RecordingHooks(loop.LoopHooks):
+    """Not the main process; zeroes every gradient after backward; stops when told to."""
+    is_main = False
+
+    def __init__(self, stop_at_call=None):
+        self.calls, self.stop_at_call = [], stop_at_call
+
+    def after_backward(self, model, optimizer):
+        grads = [p.grad for p in model.parameters()]
+        assert all(g is not None for g in grads), "after_backward ran before backward"
+        self.calls.append("after_backward")
+        for g in grads:
+            g[...] = 0
+
+    def any(self, flag):
+        self.calls.append("any")
+        return flag or self.calls.count("any") == self.stop_at_call
+
+    def sum(self, values):
+        self.calls.append("sum")
+        return list(values)
+
+
+def test_fit_calls_the_hooks_where_documented(tiny_cifar10_dir, tmp_path, capsys):
+    state, test_loader = _tiny_state(tiny_cifar10_dir)
+    before = {k: v.copy() for k, v in state.model.state_dict().items() if "running" not in k and "num" not in k}
+    hooks = RecordingHooks()
+    history = loop.fit(state, test_loader, epochs=2, out=tmp_path, hooks=hooks)
+    assert len(history) == 2 and state.epoch == 2
+    # Per epoch: 4 batches, each "any" (stop?) then "any" (loss finite?) then after_backward;
+    # then "sum" for the evaluation, "sum" for the training metrics and "any" (stop?).
+    epoch = ["any", "any", "after_backward"] * 4 + ["sum", "sum", "any"]
+    assert hooks.calls == epoch * 2
+    # Zeroed gradients (and no weight decay or momentum): the step ran after the hook.
+    after = state.model.state_dict()
+    assert all(numpy.array_equal(after[k], v) for k, v in before.items())
+    # Not the main process: no file, no line.
+    assert os.listdir(tmp_path) == [] and capsys.readouterr().out == ""
+
+
+def test_a_stop_flag_from_any_process_stops_every_process_at_the_same_batch(tiny_cifar10_dir, tmp_path):
+    from minires.training import Interrupted
+    state, test_loader = _tiny_state(tiny_cifar10_dir)
+    hooks = RecordingHooks(stop_at_call=5)  # the "stop?" question of the third batch
+    with pytest.raises(Interrupted) as info:
+        loop.fit(state, test_loader, epochs=2, out=tmp_path, hooks=hooks)
+    assert info.value.resumable and info.value.saved is None  # not the main process: nothing written
+    assert state.schedule.step_count == 2 and state.loader.state_dict()["batch"] == 2
+    assert os.listdir(tmp_path) == []
+
+
+def test_fit_on_the_main_process_writes_the_run(tiny_cifar10_dir, tmp_path, capsys):
+    """The README's Python example: TrainState + fit with an output folder."""
+    state, test_loader = _tiny_state(tiny_cifar10_dir, weight_decay=1e-4)
+    history = loop.fit(state, test_loader, epochs=1, out=tmp_path)
+    assert sorted(os.listdir(tmp_path)) == sorted(["last.npz", "best.npz", "metrics.csv"] +
+                                                 (["curves.png"] if _has_matplotlib() else []))
+    assert "epoch   1/1" in capsys.readouterr().out
+    saved = load(tmp_path / "last.npz")
+    assert int(saved["epoch"]) == 1 and saved["history"][0]["test_acc"] == history[0]["test_acc"]
+
+
+def _has_matplotlib():
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
