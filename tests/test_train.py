@@ -770,9 +770,10 @@ class RecordingHooks(loop.LoopHooks):
     def __init__(self, stop_at_call=None):
         self.calls, self.stop_at_call = [], stop_at_call
 
-    def after_backward(self, model, optimizer):
+    def after_backward(self, model, optimizer, share):
         grads = [p.grad for p in model.parameters()]
         assert all(g is not None for g in grads), "after_backward ran before backward"
+        assert share == 1  # one process: its images are the whole batch
         self.calls.append("after_backward")
         for g in grads:
             g[...] = 0
@@ -792,9 +793,9 @@ def test_fit_calls_the_hooks_where_documented(tiny_cifar10_dir, tmp_path, capsys
     hooks = RecordingHooks()
     history = loop.fit(state, test_loader, epochs=2, out=tmp_path, hooks=hooks)
     assert len(history) == 2 and state.epoch == 2
-    # Per epoch: 4 batches, each "any" (stop?) then "any" (loss finite?) then after_backward;
-    # then "sum" for the evaluation, "sum" for the training metrics and "any" (stop?).
-    epoch = ["any", "any", "after_backward"] * 4 + ["sum", "sum", "any"]
+    # Per epoch: 4 batches, each "any" (stop?), "any" (loss finite?), "sum" (the batch's
+    # metrics) and after_backward; then "sum" for the evaluation and "any" (stop?).
+    epoch = ["any", "any", "sum", "after_backward"] * 4 + ["sum", "any"]
     assert hooks.calls == epoch * 2
     # Zeroed gradients (and no weight decay or momentum): the step ran after the hook.
     after = state.model.state_dict()
