@@ -157,8 +157,15 @@ def main(argv=None):
     p.add_argument("--compare", choices=("torch",), help="time PyTorch CPU in the same run, interleaved")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     p.add_argument("--json", help="also write the results to this JSON file")
+    p.add_argument("--distributed", type=int, metavar="N",
+                   help="instead: N MPI ranks x 1 BLAS thread vs 1 process x N threads (benchmarks/distributed.py)")
     p.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.distributed:
+        from benchmarks import distributed
+        return distributed.main(["--ranks", str(args.distributed), "--model", args.model,
+                                 "--batch-size", str(args.batch_size), "--steps", str(args.steps),
+                                 "--warmup", str(args.warmup)] + (["--json", args.json] if args.json else []))
     if args.size is None:
         args.size = 224 if args.stem == "imagenet" else 32
     if args.memory_child:
