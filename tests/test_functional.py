@@ -391,6 +391,19 @@ def test_batch_norm_without_affine_parameters(backend):
     np.testing.assert_allclose(host(y), naive_batch_norm(x0, np.ones(2), np.zeros(2)), rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("training", [True, False])
+def test_batch_norm_keeps_float32_for_large_batches(backend, training):
+    # M = N*H*W = 71,680 > 65,535: NumPy 1.x promoted float32 / M (an int32-sized int) to float64,
+    # which made every later layer of a training step run in float64 at half speed
+    rng = np.random.default_rng(5)
+    x = leaf(backend, rng.standard_normal((70, 2, 32, 32)), dtype=np.float32)
+    gamma, beta = leaf(backend, [1.5, 0.5], dtype=np.float32), leaf(backend, [0.1, -0.2], dtype=np.float32)
+    rm, rv = raw(backend, np.zeros(2), np.float32), raw(backend, np.ones(2), np.float32)
+    y = F.batch_norm(x, gamma, beta, rm, rv, training=training)
+    y.backward(raw(backend, rng.standard_normal(x.shape), np.float32))
+    assert y.dtype == x.grad.dtype == gamma.grad.dtype == beta.grad.dtype == rm.dtype == rv.dtype == np.float32
+
+
 @pytest.mark.parametrize("shape", [(8, 3), (4, 3, 5, 2)])
 def test_batch_norm_running_statistics_update(backend, shape):
     rng = np.random.default_rng(4)

@@ -46,9 +46,11 @@ class BatchNormTrainFunction(Function):
     def forward(self, x, gamma, beta):
         xp = backend.get_array_module(x)
         m = x.size // x.shape[1]
-        mean = _channel_sum(x) / m
+        # 1/M as a Python float: NumPy 1.x promotes float32 / int above 65535 to float64
+        inv_m = 1.0 / m
+        mean = _channel_sum(x) * inv_m
         xc = x - _per_channel(mean, x)
-        var = _channel_dot(xc, xc) / m
+        var = _channel_dot(xc, xc) * inv_m
         inv_std = 1.0 / xp.sqrt(var + self.eps)
         y = xc * _per_channel(gamma * inv_std, x)
         y += _per_channel(beta, x)
@@ -65,7 +67,7 @@ class BatchNormTrainFunction(Function):
 
     def backward(self, gy):
         xc, inv_std, gamma = self.xc, self.inv_std, self.gamma
-        m = gy.size // gy.shape[1]
+        inv_m = 1.0 / (gy.size // gy.shape[1])  # a float, as in forward
         gbeta = _channel_sum(gy)
         ggamma = _channel_dot(gy, xc) * inv_std
         gx = None
@@ -74,8 +76,8 @@ class BatchNormTrainFunction(Function):
             # c = -a * inv_std * ggamma / M, b = -a * gbeta / M
             a = gamma * inv_std
             gx = gy * _per_channel(a, gy)
-            t = xc * _per_channel(-a * inv_std * ggamma / m, gy)
-            t += _per_channel(-a * gbeta / m, gy)
+            t = xc * _per_channel(-a * inv_std * ggamma * inv_m, gy)
+            t += _per_channel(-a * gbeta * inv_m, gy)
             gx += t
         return gx, ggamma, gbeta
 
