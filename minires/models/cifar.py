@@ -45,6 +45,8 @@ class CifarResNet(nn.Module):
     ``n`` basic blocks per stage; ``shortcut`` "A" (zero padding) or "B" (projection).
     """
 
+    conv_bn_pairs = (("conv1", "bn1"),)
+
     def __init__(self, n, shortcut="A", num_classes=10):
         super().__init__()
         if str(shortcut).upper() not in SHORTCUTS:

@@ -35,6 +35,8 @@ class PreActBottleneck(nn.Module):
     ``downsample`` (a Sequential of one conv) replaces the identity shortcut where the shape changes.
     """
 
+    conv_bn_pairs = (("conv1", "bn2"), ("conv2", "bn3"))  # each conv's output goes straight into a BN
+
     def __init__(self, in_channels, width, out_channels, stride=1, preact=True):
         super().__init__()
         self.bn1 = nn.BatchNorm2d(in_channels) if preact else None
@@ -59,6 +61,8 @@ class PreActBottleneck(nn.Module):
 
 class PreActResNet(nn.Module):
     """ResNet v2 for 32x32 images: x (N, 3, 32, 32) -> logits (N, num_classes), ``n`` units per stage."""
+
+    conv_bn_pairs = (("conv1", "bn1"),)
 
     def __init__(self, n, num_classes=10):
         super().__init__()

@@ -39,6 +39,7 @@ class BasicBlock(nn.Module):
     """
 
     expansion = 1
+    conv_bn_pairs = (("conv1", "bn1"), ("conv2", "bn2"))
 
     def __init__(self, in_channels, channels, stride=1, downsample=None):
         super().__init__()
@@ -66,6 +67,7 @@ class Bottleneck(nn.Module):
     """
 
     expansion = 4
+    conv_bn_pairs = (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3"))
 
     def __init__(self, in_channels, channels, stride=1, downsample=None):
         super().__init__()
@@ -96,6 +98,8 @@ class ResNet(nn.Module):
     x (N, 3, H, W) -> logits (N, num_classes). ``stem`` is "cifar" or "imagenet" (see the module
     docstring).
     """
+
+    conv_bn_pairs = (("conv1", "bn1"),)
 
     def __init__(self, block, layers, num_classes=1000, stem="imagenet"):
         super().__init__()

@@ -61,9 +61,10 @@ class LoopHooks:
 
 
 def evaluate(model, loader, label_smoothing=0.0, hooks=None):
-    """Mean loss and accuracy over a loader, in eval mode and without a graph."""
+    """Mean loss and accuracy over a loader, in eval mode and without a graph (and with each
+    batch norm folded into the convolution before it: the same outputs in fewer passes)."""
     hooks = hooks or LoopHooks()
-    model.eval()
+    model.fuse().eval()
     total_loss, correct, seen = 0.0, 0, 0
     with no_grad():
         for xb, yb in loader:
