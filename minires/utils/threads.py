@@ -1,0 +1,95 @@
+"""Both cores on one convolution: a small thread pool over batch slices.
+
+NumPy releases the GIL inside its copies and matrix products, so Python threads that each run
+the im2col copies and the product of their own batch slice keep every core busy, also during
+the copies, which NumPy runs on one core. Inside the pool BLAS runs single-threaded (through
+threadpoolctl); otherwise each slice's product would start its own BLAS threads, n x n threads
+on n cores.
+
+The thread count is, in order: ``set_num_threads(n)``, else MINIRES_NUM_THREADS,
+OMP_NUM_THREADS or OPENBLAS_NUM_THREADS from the environment (so a launcher that gives each of
+several processes one core by OMP_NUM_THREADS=1 is obeyed), else the cores this process may
+run on. Without threadpoolctl the pool is never used (BLAS keeps its own threads).
+"""
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+try:
+    from threadpoolctl import ThreadpoolController
+except ImportError:  # pragma: no cover - threadpoolctl is a dependency; this guards a broken install
+    ThreadpoolController = None
+
+_ENV = ("MINIRES_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+_num_threads = None  # resolved on first use
+_executor = None
+_controller = None
+_lock = threading.Lock()
+
+
+def _from_environment():
+    for var in _ENV:
+        value = os.environ.get(var, "").strip()
+        if value:
+            try:
+                n = int(value.split(",")[0])  # OMP_NUM_THREADS may list nested levels: "2,1"
+            except ValueError:
+                raise ValueError(f"{var}={value!r} is not a thread count") from None
+            if n >= 1:
+                return n
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def get_num_threads():
+    """How many threads minires runs a convolution on (1: no pool)."""
+    global _num_threads
+    if _num_threads is None:
+        _num_threads = _from_environment()
+    return _num_threads
+
+
+def set_num_threads(n):
+    """Run convolutions on ``n`` threads (1 turns the pool off; BLAS then keeps its own threads)."""
+    global _num_threads, _executor
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"set_num_threads needs a positive int, got {n!r}")
+    with _lock:
+        _num_threads = n
+        if _executor is not None:
+            _executor.shutdown()
+            _executor = None
+
+
+def _pool():
+    """The worker threads (n - 1 of them: the calling thread does its share too) and the BLAS controller."""
+    global _executor, _controller
+    with _lock:
+        if _controller is None:
+            _controller = ThreadpoolController()
+        if _executor is None:
+            _executor = ThreadPoolExecutor(get_num_threads() - 1, thread_name_prefix="minires")
+        return _executor, _controller
+
+
+def parallel(n_items):
+    """How many threads a job of ``n_items`` independent pieces would use (1: run it serially)."""
+    if ThreadpoolController is None:
+        return 1
+    return max(1, min(get_num_threads(), n_items))
+
+
+def run(fn, parts):
+    """[fn(p) for p in parts], with the parts shared among the pool's threads.
+
+    BLAS is limited to one thread meanwhile. ``fn`` must be thread-safe: in minires it works on
+    its own batch rows and its own scratch buffers (see ``utils.conv.workspace``).
+    """
+    if parallel(len(parts)) == 1:
+        return [fn(p) for p in parts]
+    executor, controller = _pool()
+    with controller.limit(limits=1, user_api="blas"):
+        futures = [executor.submit(fn, p) for p in parts[1:]]
+        first = fn(parts[0])
+        return [first] + [f.result() for f in futures]
