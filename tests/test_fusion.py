@@ -71,9 +71,8 @@ def test_folded_outputs_match_unfolded_float64(name):
     got = eval_output(model, x)
     np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-12)
     fused_calls = op_calls(model, x)
-    assert fused_calls.get("BatchNormEval", 0) == calls["BatchNormEval"] - PAIRS[name]
-    assert fused_calls["Conv2dFunction" if "Conv2dFunction" in calls else "Conv2d"] == \
-        calls["Conv2dFunction" if "Conv2dFunction" in calls else "Conv2d"]
+    assert fused_calls.get("BatchNormEvalFunction", 0) == calls["BatchNormEvalFunction"] - PAIRS[name]
+    assert fused_calls["Conv2dFunction"] == calls["Conv2dFunction"]
 
 
 def test_folded_outputs_match_unfolded_float32():
@@ -132,4 +131,4 @@ def test_no_folding_while_recording_a_graph_or_after_unfuse():
     out.sum().backward()
     assert model.bn1.weight.grad is not None and np.abs(model.bn1.weight.grad).max() > 0
     model.fuse(False)
-    assert op_calls(model, x)["BatchNormEval"] == 7
+    assert op_calls(model, x)["BatchNormEvalFunction"] == 7

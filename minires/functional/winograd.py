@@ -118,7 +118,7 @@ def output_transform_adjoint(gy, th, tw):
     return gM.reshape(16, o, n * th * tw)
 
 
-class Conv2dWinograd(Function):
+class Conv2dWinogradFunction(Function):
     """y = conv2d(x, W, b, stride=1, padding=p) for W (O, C, 3, 3) by Winograd F(2x2, 3x3).
 
     x (N, C, H, W) -> y (N, O, H + 2ph - 2, W + 2pw - 2). See the module docstring for the maths.
@@ -167,5 +167,5 @@ def conv2d_winograd(x, W, b=None, padding=1):
     if W.shape[2:] != (3, 3):
         raise ValueError(f"conv2d_winograd needs a 3x3 kernel, got W of shape {tuple(W.shape)}")
     ph, pw = (padding, padding) if isinstance(padding, int) else tuple(padding)
-    f = Conv2dWinograd((ph, pw))
+    f = Conv2dWinogradFunction((ph, pw))
     return f(x, W) if b is None else f(x, W, b)
