@@ -13,9 +13,11 @@ from . import models, profiler
 from .interop import load_torch_state_dict
 from .serialization import load, save
 from .summary import summary
+from .utils.threads import get_num_threads, set_num_threads
 
 __version__ = "0.1.0"
 
 __all__ = ["Tensor", "Function", "no_grad", "is_grad_enabled", "set_backend", "get_backend",
            "get_array_module", "to_numpy", "gradcheck", "GradcheckError", "manual_seed", "backend",
-           "models", "profiler", "save", "load", "summary", "load_torch_state_dict"]
+           "models", "profiler", "save", "load", "summary", "load_torch_state_dict", "set_num_threads",
+           "get_num_threads"]

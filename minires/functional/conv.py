@@ -13,6 +13,7 @@ import numpy
 
 from .. import backend
 from ..autograd import Function
+from ..utils import threads
 from ..utils.conv import col2im, im2col, output_size, pair, workspace
 
 
@@ -56,16 +57,24 @@ class Conv2dSimpleFunction(Function):
         return gx, gW, gy.sum(axis=(0, 2, 3))
 
 
-def _batch_chunks(xp, n, bytes_per_image):
-    """Slices of the batch whose column matrix fits in the CPU's cache (about 4 MB).
+# Below this much column matrix (bytes) a convolution runs on one thread: handing work to
+# another thread costs more than it saves on small layers.
+PARALLEL_MIN_BYTES = 1 << 20
+
+
+def _batch_parts(xp, n, bytes_per_image):
+    """The batch as one contiguous range per thread, each cut into slices whose column matrix
+    fits in the CPU's cache (about 4 MB): a list (one per thread) of lists of slices.
 
     Filling a cache-sized column block and multiplying it at once saves a round trip to main
     memory for each of the kh*kw copies; on the GPU one launch over the whole batch is better.
     """
     if xp is not numpy:
-        return [slice(0, n)]
-    nb = max(1, min(n, (4 << 20) // max(1, bytes_per_image)))
-    return [slice(n0, min(n0 + nb, n)) for n0 in range(0, n, nb)]
+        return [[slice(0, n)]]
+    k = threads.parallel(n) if n * bytes_per_image >= PARALLEL_MIN_BYTES else 1
+    bounds = [n * i // k for i in range(k + 1)]
+    nb = max(1, (4 << 20) // max(1, bytes_per_image))
+    return [[slice(r, min(r + nb, end)) for r in range(start, end, nb)] for start, end in zip(bounds, bounds[1:])]
 
 
 class Conv2dFunction(Function):
@@ -78,8 +87,9 @@ class Conv2dFunction(Function):
     For stride 1 gx is computed as what it equals, a convolution of gy with the flipped,
     transposed kernel W[o, c, kh-1-i, kw-1-j] and padding k-1-p: an im2col of gy and a product
     with K = kh*kw*O instead of a product with K = O and a 9-fold col2im.
-    The work is done in batch slices that fit in cache, and the column matrix is recomputed in
-    backward rather than kept (it is kh*kw times the input).
+    The work is done in batch slices that fit in cache, on every core (``utils.threads``: one
+    contiguous share of the batch per thread, single-threaded BLAS inside), and the column
+    matrix is recomputed in backward rather than kept (it is kh*kw times the input).
     """
 
     def __init__(self, stride=1, padding=0):
@@ -93,23 +103,29 @@ class Conv2dFunction(Function):
         ho, wo = output_size(h, kh, self.sy, self.ph), output_size(w, kw, self.sx, self.pw)
         W2 = W.transpose(0, 2, 3, 1).reshape(o, kh * kw * c)  # (O, kh*kw*C), tap-major like col
         y = xp.empty((n, o, ho, wo), x.dtype)
-        for rows in _batch_chunks(xp, n, kh * kw * c * ho * wo * x.itemsize):
-            col = self._im2col(x[rows], kh, kw, self.sy, self.sx, self.ph, self.pw)
-            y2 = W2 @ col.reshape(kh * kw * c, -1)  # (O, nb*Ho*Wo)
-            y[rows] = y2.reshape(o, -1, ho, wo).transpose(1, 0, 2, 3)  # (nb, O, Ho, Wo)
+
+        def part(k, slices):
+            for rows in slices:
+                col = self._im2col(x[rows], kh, kw, self.sy, self.sx, self.ph, self.pw, k)
+                y2 = (W2 @ col.reshape(kh * kw * c, -1)).reshape(o, -1, ho, wo)  # (O, nb, Ho, Wo)
+                if b is None:
+                    y[rows] = y2.transpose(1, 0, 2, 3)  # (nb, O, Ho, Wo)
+                else:  # the bias added in the same pass, while y2 is in cache
+                    xp.add(y2.transpose(1, 0, 2, 3), b.reshape(1, o, 1, 1), out=y[rows])
+
+        threads.run(part, _batch_parts(xp, n, kh * kw * c * ho * wo * x.itemsize))
         self.has_bias = b is not None
-        if self.has_bias:
-            y += b.reshape(1, o, 1, 1)
         if any(self.needs_input_grad):
             self.x, self.W = x, W
         return y
 
     @staticmethod
-    def _im2col(x, kh, kw, sy, sx, ph, pw):
+    def _im2col(x, kh, kw, sy, sx, ph, pw, k):
+        """im2col into the scratch buffer of thread share ``k``."""
         xp = backend.get_array_module(x)
         n, c, h, w = x.shape
         shape = (kh, kw, c, n, output_size(h, kh, sy, ph), output_size(w, kw, sx, pw))
-        return im2col(x, kh, kw, sy, sx, ph, pw, out=workspace(xp, shape, x.dtype, "col"))
+        return im2col(x, kh, kw, sy, sx, ph, pw, out=workspace(xp, shape, x.dtype, f"col{k}"))
 
     def backward(self, gy):
         x, W = self.x, self.W
@@ -118,32 +134,47 @@ class Conv2dFunction(Function):
         o, _, kh, kw = W.shape
         _, _, ho, wo = gy.shape
         need_gx, need_gW = self.needs_input_grad[0], self.needs_input_grad[1]
+        need_gb = self.has_bias and self.needs_input_grad[2]
         W2 = W.transpose(0, 2, 3, 1).reshape(o, kh * kw * c)  # (O, kh*kw*C)
         # gx by a stride-1 convolution of gy needs padding k-1-p >= 0
         transposed = self.sy == 1 and self.sx == 1 and self.ph < kh and self.pw < kw
         if transposed:
             Wt = W[:, :, ::-1, ::-1].transpose(2, 3, 0, 1).reshape(kh * kw * o, c).T  # (C, kh*kw*O)
         gx = xp.empty(x.shape, x.dtype) if need_gx else None
-        gW = xp.zeros((o, kh * kw * c), W.dtype) if need_gW else None
-        for rows in _batch_chunks(xp, n, kh * kw * max(c, o) * ho * wo * x.itemsize):
-            gyc = gy[rows]
-            gy2 = xp.ascontiguousarray(gyc.transpose(1, 0, 2, 3)).reshape(o, -1)  # (O, nb*Ho*Wo)
-            if need_gW:
-                col = self._im2col(x[rows], kh, kw, self.sy, self.sx, self.ph, self.pw)
-                gW += gy2 @ col.reshape(kh * kw * c, -1).T  # (O, kh*kw*C)
-            if need_gx and transposed:
-                colg = self._im2col(gyc, kh, kw, 1, 1, kh - 1 - self.ph, kw - 1 - self.pw)
-                gx2 = Wt @ colg.reshape(kh * kw * o, -1)  # (C, nb*H*W)
-                gx[rows] = gx2.reshape(c, -1, h, w).transpose(1, 0, 2, 3)  # (nb, C, H, W)
-            elif need_gx:
-                gcol = W2.T @ gy2  # (kh*kw*C, nb*Ho*Wo)
-                gx[rows] = col2im(gcol.reshape(kh, kw, c, -1, ho, wo), x[rows].shape,
-                                  self.sy, self.sx, self.ph, self.pw)
+
+        def part(k, slices):
+            """This share's sums of gW (O, kh*kw*C) and gb (O,) over its rows; its rows of gx."""
+            gW = xp.zeros((o, kh * kw * c), W.dtype) if need_gW else None
+            gb = xp.zeros(o, gy.dtype) if need_gb else None
+            for rows in slices:
+                gyc = gy[rows]
+                gy2 = workspace(xp, (o,) + gyc.shape[:1] + gyc.shape[2:], gy.dtype, f"gy{k}")
+                gy2[...] = gyc.transpose(1, 0, 2, 3)  # (O, nb, Ho, Wo)
+                gy2 = gy2.reshape(o, -1)  # (O, nb*Ho*Wo)
+                if need_gb:
+                    gb += gy2.sum(axis=1)
+                if need_gW:
+                    col = self._im2col(x[rows], kh, kw, self.sy, self.sx, self.ph, self.pw, k)
+                    gW += gy2 @ col.reshape(kh * kw * c, -1).T  # (O, kh*kw*C)
+                if need_gx and transposed:
+                    colg = self._im2col(gyc, kh, kw, 1, 1, kh - 1 - self.ph, kw - 1 - self.pw, k)
+                    gx2 = Wt @ colg.reshape(kh * kw * o, -1)  # (C, nb*H*W)
+                    gx[rows] = gx2.reshape(c, -1, h, w).transpose(1, 0, 2, 3)  # (nb, C, H, W)
+                elif need_gx:
+                    gcol = W2.T @ gy2  # (kh*kw*C, nb*Ho*Wo)
+                    gx[rows] = col2im(gcol.reshape(kh, kw, c, -1, ho, wo), x[rows].shape,
+                                      self.sy, self.sx, self.ph, self.pw)
+            return gW, gb
+
+        sums = threads.run(part, _batch_parts(xp, n, kh * kw * max(c, o) * ho * wo * x.itemsize))
+        gW = gb = None
         if need_gW:
-            gW = xp.ascontiguousarray(gW.reshape(o, kh, kw, c).transpose(0, 3, 1, 2))  # (O, C, kh, kw)
+            gW = sum(s[0] for s in sums).reshape(o, kh, kw, c)  # the shares' sums added up
+            gW = xp.ascontiguousarray(gW.transpose(0, 3, 1, 2))  # (O, C, kh, kw)
+        if need_gb:
+            gb = sum(s[1] for s in sums)
         if not self.has_bias:
             return gx, gW
-        gb = gy.sum(axis=(0, 2, 3)) if self.needs_input_grad[2] else None
         return gx, gW, gb
 
 

@@ -81,15 +81,15 @@ def parallel(n_items):
 
 
 def run(fn, parts):
-    """[fn(p) for p in parts], with the parts shared among the pool's threads.
+    """[fn(k, part) for k, part in enumerate(parts)], the parts shared among the pool's threads.
 
-    BLAS is limited to one thread meanwhile. ``fn`` must be thread-safe: in minires it works on
-    its own batch rows and its own scratch buffers (see ``utils.conv.workspace``).
+    BLAS is limited to one thread meanwhile. ``fn`` must be thread-safe: in minires part k works
+    on its own batch rows and its own scratch buffers (roles named with k, see ``workspace``).
     """
     if parallel(len(parts)) == 1:
-        return [fn(p) for p in parts]
+        return [fn(k, p) for k, p in enumerate(parts)]
     executor, controller = _pool()
     with controller.limit(limits=1, user_api="blas"):
-        futures = [executor.submit(fn, p) for p in parts[1:]]
-        first = fn(parts[0])
+        futures = [executor.submit(fn, k, p) for k, p in enumerate(parts) if k > 0]
+        first = fn(0, parts[0])  # the calling thread takes the first part itself
         return [first] + [f.result() for f in futures]

@@ -1,0 +1,93 @@
+"""The convolution's thread pool: the same numbers as one thread, gradients, BLAS kept to one
+thread inside the pool, and the thread count taken from set_num_threads or the environment."""
+import numpy as np
+import pytest
+
+import minires
+from minires import Tensor, gradcheck
+from minires.functional import conv as conv_module
+from minires.utils import threads
+
+threadpoolctl = pytest.importorskip("threadpoolctl", reason="the thread pool needs threadpoolctl")
+
+
+@pytest.fixture
+def pool(monkeypatch):
+    """Parallel even for tiny test layers; the thread count restored afterwards."""
+    monkeypatch.setattr(conv_module, "PARALLEL_MIN_BYTES", 0)
+    before = threads.get_num_threads()
+    yield
+    threads.set_num_threads(before)
+
+
+def conv_outputs(n_threads, x, W, b, stride, padding, gy):
+    threads.set_num_threads(n_threads)
+    xt, Wt = Tensor(x, requires_grad=True), Tensor(W, requires_grad=True)
+    bt = None if b is None else Tensor(b, requires_grad=True)
+    y = minires.functional.conv2d(xt, Wt, bt, stride=stride, padding=padding)
+    y.backward(gy)
+    return [y.data, xt.grad, Wt.grad] + ([] if b is None else [bt.grad])
+
+
+CASES = [((7, 3, 8, 8), (4, 3, 3, 3), 1, 1, True), ((5, 2, 9, 7), (3, 2, 3, 2), 2, (1, 0), False),
+         ((6, 4, 5, 5), (5, 4, 1, 1), 1, 0, True), ((3, 2, 6, 6), (2, 2, 3, 3), 1, 1, False)]
+
+
+@pytest.mark.parametrize("x_shape, W_shape, stride, padding, bias", CASES)
+@pytest.mark.parametrize("n_threads", [2, 3])
+def test_threaded_convolution_matches_one_thread(pool, x_shape, W_shape, stride, padding, bias, n_threads):
+    rng = np.random.default_rng(sum(x_shape))
+    x, W, b = rng.standard_normal(x_shape), rng.standard_normal(W_shape), rng.standard_normal(W_shape[0])
+    y_shape = minires.functional.conv2d(Tensor(x), Tensor(W), stride=stride, padding=padding).shape
+    gy = rng.standard_normal(y_shape)
+    args = (x, W, b if bias else None, stride, padding, gy)
+    parallel = conv_outputs(n_threads, *args)
+    serial = conv_outputs(1, *args)
+    assert len(conv_module._batch_parts(np, x_shape[0], 1)) == 1  # serial really ran serially
+    for got, expected in zip(parallel, serial):
+        np.testing.assert_allclose(got, expected, rtol=1e-13, atol=1e-13)
+
+
+def test_threaded_convolution_gradcheck(pool):
+    threads.set_num_threads(2)
+    assert len(conv_module._batch_parts(np, 4, 1)) == 2
+    rng = np.random.default_rng(1)
+    inputs = [Tensor(rng.standard_normal(s), requires_grad=True) for s in ((4, 2, 5, 5), (3, 2, 3, 3), (3,))]
+    assert gradcheck(lambda x, W, b: minires.functional.conv2d(x, W, b, padding=1), inputs)
+    assert gradcheck(lambda x, W, b: minires.functional.conv2d(x, W, b, stride=2), inputs)
+
+
+def test_blas_runs_single_threaded_inside_the_pool(pool):
+    threads.set_num_threads(2)
+
+    def blas_threads(k, part):
+        return max(i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas")
+
+    assert threads.run(blas_threads, [0, 1]) == [1, 1]
+
+
+def test_thread_count_from_the_environment(pool, monkeypatch):
+    for var in threads._ENV:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
+    monkeypatch.setattr(threads, "_num_threads", None)
+    assert threads.get_num_threads() == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "3,1")  # OMP_NUM_THREADS comes first; nested levels allowed
+    monkeypatch.setattr(threads, "_num_threads", None)
+    assert threads.get_num_threads() == 3
+    monkeypatch.setenv("MINIRES_NUM_THREADS", "2")
+    monkeypatch.setattr(threads, "_num_threads", None)
+    assert threads.get_num_threads() == 2
+    monkeypatch.setenv("MINIRES_NUM_THREADS", "many")
+    monkeypatch.setattr(threads, "_num_threads", None)
+    with pytest.raises(ValueError, match="MINIRES_NUM_THREADS='many' is not a thread count"):
+        threads.get_num_threads()
+    monkeypatch.setattr(threads, "_num_threads", 2)
+
+
+def test_set_num_threads(pool):
+    minires.set_num_threads(3)
+    assert minires.get_num_threads() == 3
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="set_num_threads needs a positive int"):
+            minires.set_num_threads(bad)
