@@ -5,7 +5,6 @@ import pytest
 
 import minires
 from minires import Tensor, gradcheck
-from minires.functional import conv as conv_module
 from minires.utils import threads
 
 threadpoolctl = pytest.importorskip("threadpoolctl", reason="the thread pool needs threadpoolctl")
@@ -14,7 +13,7 @@ threadpoolctl = pytest.importorskip("threadpoolctl", reason="the thread pool nee
 @pytest.fixture
 def pool(monkeypatch):
     """Parallel even for tiny test layers; the thread count restored afterwards."""
-    monkeypatch.setattr(conv_module, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(threads, "PARALLEL_MIN_BYTES", 0)
     before = threads.get_num_threads()
     yield
     threads.set_num_threads(before)
@@ -43,14 +42,14 @@ def test_threaded_convolution_matches_one_thread(pool, x_shape, W_shape, stride,
     args = (x, W, b if bias else None, stride, padding, gy)
     parallel = conv_outputs(n_threads, *args)
     serial = conv_outputs(1, *args)
-    assert len(conv_module._batch_parts(np, x_shape[0], 1)) == 1  # serial really ran serially
+    assert len(threads.batch_parts(np, x_shape[0], 1)) == 1  # serial really ran serially
     for got, expected in zip(parallel, serial):
         np.testing.assert_allclose(got, expected, rtol=1e-13, atol=1e-13)
 
 
 def test_threaded_convolution_gradcheck(pool):
     threads.set_num_threads(2)
-    assert len(conv_module._batch_parts(np, 4, 1)) == 2
+    assert len(threads.batch_parts(np, 4, 1)) == 2
     rng = np.random.default_rng(1)
     inputs = [Tensor(rng.standard_normal(s), requires_grad=True) for s in ((4, 2, 5, 5), (3, 2, 3, 3), (3,))]
     assert gradcheck(lambda x, W, b: minires.functional.conv2d(x, W, b, padding=1), inputs)
@@ -91,3 +90,22 @@ def test_set_num_threads(pool):
     for bad in (0, -1, 1.5, True, "2"):
         with pytest.raises(ValueError, match="set_num_threads needs a positive int"):
             minires.set_num_threads(bad)
+
+
+def test_threaded_winograd_matches_one_thread(pool):
+    from minires.functional.winograd import conv2d_winograd
+    rng = np.random.default_rng(2)
+    x, W, b = rng.standard_normal((5, 3, 6, 7)), rng.standard_normal((4, 3, 3, 3)), rng.standard_normal(4)
+    gy = rng.standard_normal((5, 4, 6, 7))
+    results = []
+    for n_threads in (2, 1):
+        threads.set_num_threads(n_threads)
+        xt, Wt, bt = (Tensor(a, requires_grad=True) for a in (x, W, b))
+        y = conv2d_winograd(xt, Wt, bt, padding=1)
+        y.backward(gy)
+        results.append([y.data, xt.grad, Wt.grad, bt.grad])
+    for got, expected in zip(*results):
+        np.testing.assert_allclose(got, expected, rtol=1e-13, atol=1e-13)
+    threads.set_num_threads(2)
+    inputs = [Tensor(a, requires_grad=True) for a in (x[:4], W, b)]
+    assert gradcheck(lambda x, W, b: conv2d_winograd(x, W, b, padding=1), inputs)

@@ -55,3 +55,26 @@ def test_winograd_float32_close_to_float64():
 def test_winograd_rejects_other_kernels():
     with pytest.raises(ValueError, match="3x3 kernel"):
         conv2d_winograd(Tensor(np.zeros((1, 2, 5, 5))), Tensor(np.zeros((2, 2, 5, 5))))
+
+
+def test_conv2d_takes_winograd_only_where_enabled_and_wide_enough(monkeypatch):
+    from minires import profiler
+    from minires.functional import conv
+    rng = np.random.default_rng(4)
+    x, W = rng.standard_normal((1, 8, 4, 4)), rng.standard_normal((8, 8, 3, 3))
+
+    def run():
+        with profiler.profile() as prof, minires.no_grad():
+            y = conv.conv2d(Tensor(x), Tensor(W), padding=1)
+        return y.data, {op for op, *_ in prof.rows()}
+
+    monkeypatch.setattr(conv, "WINOGRAD_MIN_CHANNELS", 8)
+    y_wino, ops = run()
+    assert ops == {"Conv2dWinogradFunction"}
+    monkeypatch.setattr(conv, "WINOGRAD", False)
+    y_im2col, ops = run()
+    assert ops == {"Conv2dFunction"}
+    np.testing.assert_allclose(y_wino, y_im2col, rtol=1e-12, atol=1e-12)
+    monkeypatch.setattr(conv, "WINOGRAD", True)
+    monkeypatch.setattr(conv, "WINOGRAD_MIN_CHANNELS", 9)
+    assert run()[1] == {"Conv2dFunction"}

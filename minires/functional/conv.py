@@ -15,6 +15,14 @@ from .. import backend
 from ..autograd import Function
 from ..utils import threads
 from ..utils.conv import col2im, im2col, output_size, pair, workspace
+from .winograd import Conv2dWinogradFunction
+
+# Winograd F(2x2, 3x3) (functional/winograd.py) for 3x3 stride-1 convolutions with at least
+# WINOGRAD_MIN_CHANNELS input and output channels, on NumPy. Measured on a 2-core CPU it wins
+# from 256 channels (ResNet-18's last stages) and loses below, where its transforms cost more
+# than the multiplications it saves (benchmarks/RESULTS.md). WINOGRAD = False: always im2col.
+WINOGRAD = True
+WINOGRAD_MIN_CHANNELS = 256
 
 
 class Conv2dSimpleFunction(Function):
@@ -57,26 +65,6 @@ class Conv2dSimpleFunction(Function):
         return gx, gW, gy.sum(axis=(0, 2, 3))
 
 
-# Below this much column matrix (bytes) a convolution runs on one thread: handing work to
-# another thread costs more than it saves on small layers.
-PARALLEL_MIN_BYTES = 1 << 20
-
-
-def _batch_parts(xp, n, bytes_per_image):
-    """The batch as one contiguous range per thread, each cut into slices whose column matrix
-    fits in the CPU's cache (about 4 MB): a list (one per thread) of lists of slices.
-
-    Filling a cache-sized column block and multiplying it at once saves a round trip to main
-    memory for each of the kh*kw copies; on the GPU one launch over the whole batch is better.
-    """
-    if xp is not numpy:
-        return [[slice(0, n)]]
-    k = threads.parallel(n) if n * bytes_per_image >= PARALLEL_MIN_BYTES else 1
-    bounds = [n * i // k for i in range(k + 1)]
-    nb = max(1, (4 << 20) // max(1, bytes_per_image))
-    return [[slice(r, min(r + nb, end)) for r in range(start, end, nb)] for start, end in zip(bounds, bounds[1:])]
-
-
 class Conv2dFunction(Function):
     """y[n, o] = sum_{c, i, j} W[o, c, i, j] * xpad[n, c, y*s + i, x*s + j] + b[o].
 
@@ -113,7 +101,7 @@ class Conv2dFunction(Function):
                 else:  # the bias added in the same pass, while y2 is in cache
                     xp.add(y2.transpose(1, 0, 2, 3), b.reshape(1, o, 1, 1), out=y[rows])
 
-        threads.run(part, _batch_parts(xp, n, kh * kw * c * ho * wo * x.itemsize))
+        threads.run(part, threads.batch_parts(xp, n, kh * kw * c * ho * wo * x.itemsize))
         self.has_bias = b is not None
         if any(self.needs_input_grad):
             self.x, self.W = x, W
@@ -166,7 +154,7 @@ class Conv2dFunction(Function):
                                       self.sy, self.sx, self.ph, self.pw)
             return gW, gb
 
-        sums = threads.run(part, _batch_parts(xp, n, kh * kw * max(c, o) * ho * wo * x.itemsize))
+        sums = threads.run(part, threads.batch_parts(xp, n, kh * kw * max(c, o) * ho * wo * x.itemsize))
         gW = gb = None
         if need_gW:
             gW = sum(s[0] for s in sums).reshape(o, kh, kw, c)  # the shares' sums added up
@@ -211,5 +199,11 @@ def conv2d(x, W, b=None, stride=1, padding=0):
 
     ``stride`` and ``padding`` are ints or (vertical, horizontal) pairs; ``b`` is (O,) or None.
     """
-    f = Conv2dFunction(*_check_conv2d("conv2d", x, W, b, stride, padding))
+    stride, padding = _check_conv2d("conv2d", x, W, b, stride, padding)
+    o, c, kh, kw = W.shape
+    if (WINOGRAD and stride == (1, 1) and (kh, kw) == (3, 3) and min(o, c) >= WINOGRAD_MIN_CHANNELS
+            and backend.get_array_module(x) is numpy):
+        f = Conv2dWinogradFunction(padding)
+    else:
+        f = Conv2dFunction(stride, padding)
     return f(x, W) if b is None else f(x, W, b)

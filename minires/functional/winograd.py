@@ -19,6 +19,7 @@ import numpy
 
 from .. import backend
 from ..autograd import Function
+from ..utils import threads
 
 _G = numpy.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], dtype=numpy.float64)
 # G g G^T for a 3x3 g flattened to 9 values is kron(G, G) @ g: (16, 9)
@@ -92,16 +93,19 @@ def weight_transform(W):
     return xp.ascontiguousarray(U.T.reshape(16, o, c))  # (16, O, C)
 
 
-def output_transform(M, n, o, th, tw, ho, wo):
-    """M (16, O, N*th*tw) -> y (N, O, Ho, Wo): A^T m A for every tile, cropped to Ho x Wo."""
+def output_transform(M, n, o, th, tw, out):
+    """M (16, O, N*th*tw) -> out (N, O, Ho, Wo): A^T m A for every tile, cropped to Ho x Wo."""
     xp = backend.get_array_module(M)
     M = M.reshape(4, 4, o, n, th, tw)
-    y = xp.empty((n, o, 2 * th, 2 * tw), M.dtype)
+    ho, wo = out.shape[2:]
+    y = out if (ho, wo) == (2 * th, 2 * tw) else xp.empty((n, o, 2 * th, 2 * tw), M.dtype)
     rows = _rows_at([M[xi] for xi in range(4)])  # 2 x (4, O, N, th, tw)
     for a, r in enumerate(rows):
         for b, v in enumerate(_rows_at([r[nu] for nu in range(4)])):  # (O, N, th, tw)
             y[:, :, a::2, b::2] = v.transpose(1, 0, 2, 3)
-    return y[:, :, :ho, :wo]
+    if y is not out:  # an odd output size: the last tile row or column is cut off
+        out[...] = y[:, :, :ho, :wo]
+    return out
 
 
 def output_transform_adjoint(gy, th, tw):
@@ -122,21 +126,30 @@ class Conv2dWinogradFunction(Function):
     """y = conv2d(x, W, b, stride=1, padding=p) for W (O, C, 3, 3) by Winograd F(2x2, 3x3).
 
     x (N, C, H, W) -> y (N, O, H + 2ph - 2, W + 2pw - 2). See the module docstring for the maths.
-    V (the transformed input) is recomputed in backward rather than kept (4x the input).
+    As in ``Conv2dFunction`` the work runs in cache-sized batch slices on every core, and V (the
+    transformed input, 4x the input) is recomputed in backward rather than kept.
     """
 
     def __init__(self, padding=(1, 1)):
         self.ph, self.pw = padding
 
     def forward(self, x, W, b=None):
+        xp = backend.get_array_module(x)
         n, c, h, w = x.shape
         o = W.shape[0]
         ho, wo = h + 2 * self.ph - 2, w + 2 * self.pw - 2
         th, tw = _tiles(ho, wo)
         U = weight_transform(W)  # (16, O, C)
-        M = U @ input_transform(x, self.ph, self.pw)  # (16, O, P)
-        y = output_transform(M, n, o, th, tw, ho, wo)
-        if b is not None:
+        y = xp.empty((n, o, ho, wo), x.dtype)
+
+        def part(k, slices):
+            for rows in slices:
+                M = U @ input_transform(x[rows], self.ph, self.pw)  # (16, O, nb*th*tw)
+                output_transform(M, rows.stop - rows.start, o, th, tw, out=y[rows])
+
+        threads.run(part, threads.batch_parts(xp, n, 16 * max(c, o) * th * tw * x.itemsize))
+        self.has_bias = b is not None
+        if self.has_bias:
             y += b.reshape(1, o, 1, 1)
         if any(self.needs_input_grad):
             self.x, self.W = x, W
@@ -148,18 +161,30 @@ class Conv2dWinogradFunction(Function):
         n, c, h, w = x.shape
         o = W.shape[0]
         th, tw = _tiles(*gy.shape[2:])
-        gM = output_transform_adjoint(gy, th, tw)  # (16, O, P)
-        gx = gW = None
-        if self.needs_input_grad[0]:
-            gV = weight_transform(W).transpose(0, 2, 1) @ gM  # (16, C, P)
-            gx = input_transform_adjoint(gV, x.shape, self.ph, self.pw)
-        if self.needs_input_grad[1]:
-            gU = gM @ input_transform(x, self.ph, self.pw).transpose(0, 2, 1)  # (16, O, C)
+        need_gx, need_gW = self.needs_input_grad[0], self.needs_input_grad[1]
+        U = weight_transform(W)  # (16, O, C)
+        gx = xp.empty(x.shape, x.dtype) if need_gx else None
+
+        def part(k, slices):
+            """This share's sum of gU (16, O, C) over its rows; its rows of gx."""
+            gU = xp.zeros((16, o, c), W.dtype) if need_gW else None
+            for rows in slices:
+                gM = output_transform_adjoint(gy[rows], th, tw)  # (16, O, nb*th*tw)
+                if need_gx:
+                    gx[rows] = input_transform_adjoint(U.transpose(0, 2, 1) @ gM, x[rows].shape, self.ph, self.pw)
+                if need_gW:
+                    gU += gM @ input_transform(x[rows], self.ph, self.pw).transpose(0, 2, 1)  # (16, O, C)
+            return gU
+
+        sums = threads.run(part, threads.batch_parts(xp, n, 16 * max(c, o) * th * tw * x.itemsize))
+        gW = None
+        if need_gW:
+            gU = sum(sums)  # the shares' sums added up
             gW = (gU.reshape(16, o * c).T @ xp.asarray(_GG, W.dtype)).reshape(o, c, 3, 3)  # G^T gU G
-        if len(self.needs_input_grad) > 2:
-            gb = gy.sum(axis=(0, 2, 3)) if self.needs_input_grad[2] else None
-            return gx, gW, gb
-        return gx, gW
+        if not self.has_bias:
+            return gx, gW
+        gb = gy.sum(axis=(0, 2, 3)) if self.needs_input_grad[2] else None
+        return gx, gW, gb
 
 
 def conv2d_winograd(x, W, b=None, padding=1):
