@@ -109,3 +109,27 @@ def test_threaded_winograd_matches_one_thread(pool):
     threads.set_num_threads(2)
     inputs = [Tensor(a, requires_grad=True) for a in (x[:4], W, b)]
     assert gradcheck(lambda x, W, b: conv2d_winograd(x, W, b, padding=1), inputs)
+
+
+@pytest.mark.parametrize("op", ["batch_norm", "relu"])
+def test_threaded_batch_norm_and_relu_match_one_thread(pool, op):
+    import minires.functional as F
+    rng = np.random.default_rng(3)
+    x0 = rng.uniform(0.1, 2.0, (6, 3, 4, 5)) * rng.choice([-1.0, 1.0], (6, 3, 4, 5))  # away from relu's kink
+    gamma, beta, gy = rng.uniform(0.5, 1.5, 3), rng.standard_normal(3), rng.standard_normal(x0.shape)
+    results = []
+    for n_threads in (3, 1):
+        threads.set_num_threads(n_threads)
+        x, g, b = (Tensor(a, requires_grad=True) for a in (x0, gamma, beta))
+        rm, rv = np.zeros(3), np.ones(3)
+        y = F.batch_norm(x, g, b, rm, rv, training=True) if op == "batch_norm" else F.relu(x)
+        y.backward(gy)
+        results.append([y.data, x.grad, rm, rv] + ([g.grad, b.grad] if op == "batch_norm" else []))
+    for got, expected in zip(*results):
+        np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+    threads.set_num_threads(2)
+    if op == "batch_norm":
+        inputs = [Tensor(a, requires_grad=True) for a in (x0, gamma, beta)]
+        assert gradcheck(lambda x, g, b: F.batch_norm(x, g, b, training=True), inputs)
+    else:
+        assert gradcheck(F.relu, [Tensor(x0, requires_grad=True)])

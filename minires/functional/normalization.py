@@ -1,6 +1,7 @@
 """Batch normalisation (Ioffe & Szegedy 2015) over the channel axis of (N, C) or (N, C, H, W)."""
 from .. import backend
 from ..autograd import Function
+from ..utils import threads
 
 
 def _axes(x):
@@ -37,6 +38,8 @@ class BatchNormTrainFunction(Function):
 
     Written for few passes over memory: the centred xc = x - mean is kept (xhat = xc * inv_std
     is never stored), the variance is one dot product, and y = xc * (gamma * inv_std) + beta.
+    Each pass runs over cache-sized batch slices on every core (``utils.threads.over_batch``),
+    the per-channel sums of the slices added up.
     """
 
     def __init__(self, running_mean=None, running_var=None, momentum=0.1, eps=1e-5):
@@ -48,12 +51,23 @@ class BatchNormTrainFunction(Function):
         m = x.size // x.shape[1]
         # 1/M as a Python float: NumPy 1.x promotes float32 / int above 65535 to float64
         inv_m = 1.0 / m
-        mean = _channel_sum(x) * inv_m
-        xc = x - _per_channel(mean, x)
-        var = _channel_dot(xc, xc) * inv_m
+        mean = threads.over_batch(lambda r: _channel_sum(x[r]), x) * inv_m
+        xc = xp.empty_like(x)
+
+        def center(r):
+            xp.subtract(x[r], _per_channel(mean, x), out=xc[r])
+            return _channel_dot(xc[r], xc[r])  # while xc[r] is in cache
+
+        var = threads.over_batch(center, x) * inv_m
         inv_std = 1.0 / xp.sqrt(var + self.eps)
-        y = xc * _per_channel(gamma * inv_std, x)
-        y += _per_channel(beta, x)
+        scale, shift = _per_channel(gamma * inv_std, x), _per_channel(beta, x)
+        y = xp.empty_like(x)
+
+        def affine(r):
+            xp.multiply(xc[r], scale, out=y[r])
+            y[r] += shift
+
+        threads.over_batch(affine, x)
         if self.running_mean is not None:
             mom = self.momentum
             self.running_mean *= 1 - mom
@@ -66,19 +80,29 @@ class BatchNormTrainFunction(Function):
         return y
 
     def backward(self, gy):
+        xp = backend.get_array_module(gy)
         xc, inv_std, gamma = self.xc, self.inv_std, self.gamma
         inv_m = 1.0 / (gy.size // gy.shape[1])  # a float, as in forward
-        gbeta = _channel_sum(gy)
-        ggamma = _channel_dot(gy, xc) * inv_std
+        # (2, C): sum(gy) and sum(gy * xc) per channel, in one pass over gy
+        sums = threads.over_batch(lambda r: xp.stack([_channel_sum(gy[r]), _channel_dot(gy[r], xc[r])]), gy)
+        gbeta, ggamma = sums[0], sums[1] * inv_std
         gx = None
         if self.needs_input_grad[0]:
             # gx = a * gy + c * xc + b, per channel, with a = gamma * inv_std,
             # c = -a * inv_std * ggamma / M, b = -a * gbeta / M
             a = gamma * inv_std
-            gx = gy * _per_channel(a, gy)
-            t = xc * _per_channel(-a * inv_std * ggamma * inv_m, gy)
-            t += _per_channel(-a * gbeta * inv_m, gy)
-            gx += t
+            ca = _per_channel(a, gy)
+            cc = _per_channel(-a * inv_std * ggamma * inv_m, gy)
+            cb = _per_channel(-a * gbeta * inv_m, gy)
+            gx = xp.empty_like(gy)
+
+            def combine(r):
+                xp.multiply(gy[r], ca, out=gx[r])
+                t = xc[r] * cc
+                t += cb
+                gx[r] += t
+
+            threads.over_batch(combine, gy)
         return gx, ggamma, gbeta
 
 

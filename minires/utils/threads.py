@@ -17,6 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy
 
+from .. import backend
+
 try:
     from threadpoolctl import ThreadpoolController
 except ImportError:  # pragma: no cover - threadpoolctl is a dependency; this guards a broken install
@@ -116,3 +118,24 @@ def run(fn, parts):
         futures = [executor.submit(fn, k, p) for k, p in enumerate(parts) if k > 0]
         first = fn(0, parts[0])  # the calling thread takes the first part itself
         return [first] + [f.result() for f in futures]
+
+
+def over_batch(fn, x):
+    """fn(rows) for cache-sized slices ``rows`` of x's batch axis, on every core; returns the sum
+    of fn's results (None if fn returns nothing).
+
+    For the passes of batch norm and ReLU: each slice is read and written while in cache, and
+    the per-slice partial sums (per-channel statistics) are added up at the end.
+    """
+    xp = backend.get_array_module(x)
+
+    def part(k, slices):
+        total = None
+        for rows in slices:
+            r = fn(rows)
+            if r is not None:
+                total = r if total is None else total + r
+        return total
+
+    results = [r for r in run(part, batch_parts(xp, x.shape[0], x[0].nbytes)) if r is not None]
+    return sum(results[1:], results[0]) if results else None
