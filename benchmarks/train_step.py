@@ -10,7 +10,9 @@ step run in PyTorch; the two processes take turns in ``--rounds`` blocks of ``--
 the median step times is printed. During every step the CPU time of all other processes is read
 from /proc/stat; steps during which they used ``--max-other-load`` cores or more are left out
 of the medians, and the load seen is reported (``--threads`` gives both frameworks the same
-thread count; by default each uses its own default, all cores). Peak memory of a training
+thread count; by default each uses its own default, all cores). minires infers with batch norm
+folded into the convolutions (``model.fuse()``; ``--no-fuse`` to time the unfolded layers);
+PyTorch infers unfolded, as it does by default (``--torch-fuse`` folds it with torch.fx). Peak memory of a training
 step is measured in a fresh subprocess per framework: the peak resident set size over three
 steps minus the size after building the model and the batch (the kernel's peak counter is reset
 then, so set-up transients do not count).
@@ -49,7 +51,7 @@ def _minires_setup(args):
     return model, x, y, opt
 
 
-def _minires_fns(model, x, y, opt, backend_name):
+def _minires_fns(model, x, y, opt, backend_name, fuse=True):
     import minires
     import minires.functional as F
 
@@ -72,6 +74,8 @@ def _minires_fns(model, x, y, opt, backend_name):
             model(minires.Tensor(x))
         sync()
 
+    if fuse:
+        model.fuse()  # batch norm folded into the convolutions for inference (nn/fusion.py)
     return train, infer
 
 
@@ -102,10 +106,16 @@ def _torch_setup(args, minires_model):
         loss.backward()
         opt.step()
 
+    folded = []  # with --torch-fuse: the model with batch norm folded, made at the first inference
+    # (the train phase is over by then, so the weights no longer change)
+
     def infer():
         tmodel.eval()
+        if args.torch_fuse and not folded:
+            import torch.fx.experimental.optimization as fx_optimization
+            folded.append(fx_optimization.fuse(tmodel))
         with torch.no_grad():
-            tmodel(x)
+            (folded[0] if folded else tmodel)(x)
 
     return train, infer
 
@@ -147,13 +157,12 @@ def _set_threads(framework, n):
         if n:
             torch.set_num_threads(n)
         return torch.get_num_threads()
-    try:
-        from threadpoolctl import threadpool_info, threadpool_limits
-    except ImportError:
-        return None
+    import minires
     if n:
-        threadpool_limits(n, user_api="blas")
-    return max((i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"), default=None)
+        from threadpoolctl import threadpool_limits
+        threadpool_limits(n, user_api="blas")  # BLAS calls outside minires's own thread pool
+        minires.set_num_threads(n)
+    return minires.get_num_threads()
 
 
 def _worker(args, framework):
@@ -169,7 +178,7 @@ def _worker(args, framework):
     if framework == "torch":
         fns = _torch_setup(args, model)
     else:
-        fns = _minires_fns(model, x, y, opt, args.backend)
+        fns = _minires_fns(model, x, y, opt, args.backend, fuse=not args.no_fuse)
     print(json.dumps({"ready": fns is not None, "threads": threads}), flush=True)
     for line in sys.stdin:
         req = json.loads(line)
@@ -187,6 +196,10 @@ class _Worker:
         cmd = [sys.executable, "-m", "benchmarks.train_step", "--worker", framework] + _model_args(args)
         if args.threads:
             cmd += ["--threads", str(args.threads)]
+        if args.no_fuse:
+            cmd.append("--no-fuse")
+        if args.torch_fuse:
+            cmd.append("--torch-fuse")
         self.framework = framework
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=_ROOT)
         ready = self._read()
@@ -300,6 +313,8 @@ def main(argv=None):
     p.add_argument("--max-other-load", type=float, default=0.25,
                    help="discard steps during which other processes used this many cores or more")
     p.add_argument("--compare", choices=("torch",), help="time PyTorch CPU too, in its own process")
+    p.add_argument("--no-fuse", action="store_true", help="minires infers without folding batch norm into the convolutions")
+    p.add_argument("--torch-fuse", action="store_true", help="PyTorch infers with batch norm folded too (torch.fx)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     p.add_argument("--json", help="also write the results to this JSON file")
     p.add_argument("--distributed", type=int, metavar="N",
