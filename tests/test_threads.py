@@ -63,6 +63,8 @@ def test_blas_runs_single_threaded_inside_the_pool(pool):
         return max(i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas")
 
     assert threads.run(blas_threads, [0, 1]) == [1, 1]
+    threads.set_num_threads(1)  # one thread means one BLAS thread too
+    assert threads.run(blas_threads, [0]) == [1]
 
 
 def test_thread_count_from_the_environment(pool, monkeypatch):
@@ -77,6 +79,16 @@ def test_thread_count_from_the_environment(pool, monkeypatch):
     monkeypatch.setenv("MINIRES_NUM_THREADS", "2")
     monkeypatch.setattr(threads, "_num_threads", None)
     assert threads.get_num_threads() == 2
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS")
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.delenv("MINIRES_NUM_THREADS")
+    monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    monkeypatch.setenv("MPI_LOCALNRANKS", "2")  # mpiexec -n 2 on this machine: half the cores each
+    monkeypatch.setattr(threads, "_num_threads", None)
+    assert threads.get_num_threads() == 2
+    monkeypatch.setenv("MPI_LOCALNRANKS", "8")
+    monkeypatch.setattr(threads, "_num_threads", None)
+    assert threads.get_num_threads() == 1
     monkeypatch.setenv("MINIRES_NUM_THREADS", "many")
     monkeypatch.setattr(threads, "_num_threads", None)
     with pytest.raises(ValueError, match="MINIRES_NUM_THREADS='many' is not a thread count"):

@@ -1,15 +1,17 @@
-"""Both cores on one convolution: a small thread pool over batch slices.
+"""Every core on one convolution: a small thread pool over batch slices.
 
 NumPy releases the GIL inside its copies and matrix products, so Python threads that each run
 the im2col copies and the product of their own batch slice keep every core busy, also during
 the copies, which NumPy runs on one core. Inside the pool BLAS runs single-threaded (through
 threadpoolctl); otherwise each slice's product would start its own BLAS threads, n x n threads
-on n cores.
+on n cores. Work too small to share runs on the calling thread with n BLAS threads.
 
-The thread count is, in order: ``set_num_threads(n)``, else MINIRES_NUM_THREADS,
-OMP_NUM_THREADS or OPENBLAS_NUM_THREADS from the environment (so a launcher that gives each of
-several processes one core by OMP_NUM_THREADS=1 is obeyed), else the cores this process may
-run on. Without threadpoolctl the pool is never used (BLAS keeps its own threads).
+The thread count n is, in order: ``set_num_threads(n)``; else MINIRES_NUM_THREADS,
+OMP_NUM_THREADS or OPENBLAS_NUM_THREADS from the environment; else the cores this process may
+run on, divided among the processes an MPI launcher started on this machine (MPI_LOCALNRANKS
+from MPICH, OMPI_COMM_WORLD_LOCAL_SIZE from Open MPI), so that ``mpiexec -n 2`` on 2 cores gives
+each process one thread rather than two. Without threadpoolctl BLAS keeps its own threads and
+minires never starts more.
 """
 import os
 import threading
@@ -25,6 +27,7 @@ except ImportError:  # pragma: no cover - threadpoolctl is a dependency; this gu
     ThreadpoolController = None
 
 _ENV = ("MINIRES_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+_LOCAL_RANKS = ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE")
 _num_threads = None  # resolved on first use
 _executor = None
 _controller = None
@@ -41,13 +44,16 @@ def _from_environment():
                 raise ValueError(f"{var}={value!r} is not a thread count") from None
             if n >= 1:
                 return n
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    for var in _LOCAL_RANKS:
+        value = os.environ.get(var, "").strip()
+        if value.isdigit() and int(value) >= 1:
+            return max(1, cores // int(value))
+    return cores
 
 
 def get_num_threads():
-    """How many threads minires runs a convolution on (1: no pool)."""
+    """How many threads minires computes on (its pool, or BLAS when one thread does the work)."""
     global _num_threads
     if _num_threads is None:
         _num_threads = _from_environment()
@@ -55,7 +61,8 @@ def get_num_threads():
 
 
 def set_num_threads(n):
-    """Run convolutions on ``n`` threads (1 turns the pool off; BLAS then keeps its own threads)."""
+    """Compute on ``n`` threads: convolutions, batch norm and ReLU in batch slices on a pool of n
+    threads (1: everything on the calling thread, BLAS included)."""
     global _num_threads, _executor
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ValueError(f"set_num_threads needs a positive int, got {n!r}")
@@ -66,15 +73,22 @@ def set_num_threads(n):
             _executor = None
 
 
-def _pool():
-    """The worker threads (n - 1 of them: the calling thread does its share too) and the BLAS controller."""
-    global _executor, _controller
+def _blas():
+    """The threadpoolctl controller of the BLAS libraries loaded in this process."""
+    global _controller
     with _lock:
         if _controller is None:
             _controller = ThreadpoolController()
+        return _controller
+
+
+def _workers():
+    """The pool's n - 1 worker threads (the calling thread does a share too)."""
+    global _executor
+    with _lock:
         if _executor is None:
             _executor = ThreadPoolExecutor(get_num_threads() - 1, thread_name_prefix="minires")
-        return _executor, _controller
+        return _executor
 
 
 def parallel(n_items):
@@ -108,13 +122,17 @@ def batch_parts(xp, n, bytes_per_image):
 def run(fn, parts):
     """[fn(k, part) for k, part in enumerate(parts)], the parts shared among the pool's threads.
 
-    BLAS is limited to one thread meanwhile. ``fn`` must be thread-safe: in minires part k works
-    on its own batch rows and its own scratch buffers (roles named with k, see ``workspace``).
+    Meanwhile BLAS runs one thread per pool thread, or n threads when there is one part. ``fn``
+    must be thread-safe: in minires part k works on its own batch rows and its own scratch
+    buffers (roles named with k, see ``utils.conv.workspace``).
     """
-    if parallel(len(parts)) == 1:
+    if ThreadpoolController is None:
         return [fn(k, p) for k, p in enumerate(parts)]
-    executor, controller = _pool()
-    with controller.limit(limits=1, user_api="blas"):
+    if len(parts) == 1 or get_num_threads() == 1:
+        with _blas().limit(limits=get_num_threads(), user_api="blas"):
+            return [fn(k, p) for k, p in enumerate(parts)]
+    executor = _workers()
+    with _blas().limit(limits=1, user_api="blas"):
         futures = [executor.submit(fn, k, p) for k, p in enumerate(parts) if k > 0]
         first = fn(0, parts[0])  # the calling thread takes the first part itself
         return [first] + [f.result() for f in futures]
