@@ -8,7 +8,7 @@ the same graph ``backward`` would walk (``minires.tracing``). Each recorded Func
 one or two standard ONNX operators, by the rule registered for its class in ``RULES``:
 
     minires Function                  ONNX
-    Conv2dFunction                    Conv
+    Conv2dFunction (and ...Winograd)  Conv
     BatchNormEvalFunction             BatchNormalization (the running statistics)
     ReLUFunction                      Relu
     MaxPool2dFunction, AvgPool2d...   MaxPool, AveragePool (count_include_pad=1, as minires pads)
@@ -28,6 +28,7 @@ import numpy
 from . import autograd, backend, tracing
 from .functional.activation import ReLUFunction
 from .functional.conv import Conv2dFunction, Conv2dSimpleFunction
+from .functional.winograd import Conv2dWinogradFunction
 from .functional.linear import LinearFunction
 from .functional.normalization import BatchNormEvalFunction
 from .functional.pooling import AvgPool2dFunction, GlobalAvgPool2dFunction, MaxPool2dFunction
@@ -179,6 +180,7 @@ def _pad_channels(b, f, xs):
 RULES = {
     Conv2dFunction: _conv,
     Conv2dSimpleFunction: _conv,
+    Conv2dWinogradFunction: _conv,
     BatchNormEvalFunction: _batch_norm,
     ReLUFunction: _relu,
     MaxPool2dFunction: _max_pool,

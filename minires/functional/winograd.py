@@ -130,6 +130,8 @@ class Conv2dWinogradFunction(Function):
     transformed input, 4x the input) is recomputed in backward rather than kept.
     """
 
+    sy = sx = 1  # the stride, always 1 (named as in Conv2dFunction, for the ONNX exporter)
+
     def __init__(self, padding=(1, 1)):
         self.ph, self.pw = padding
 
