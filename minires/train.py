@@ -319,8 +319,9 @@ def run(args, checkpoint=None, comm=None):
     print(f"{name}: {n_params:,} parameters on {backend.get_backend()} ({args.dtype}); "
           f"{info['n_train']:,} training / {info['n_test']:,} test images from {info['data_dir']}", flush=True)
     if comm is not None:
+        fewest, most = args.batch_size // comm.size, -(-args.batch_size // comm.size)
         print(f"data parallel on {comm.size} processes ({type(comm).__name__}): batch {args.batch_size} = "
-              f"{args.batch_size // comm.size}{'+' if args.batch_size % comm.size else ''} images per process, "
+              f"{fewest if fewest == most else f'{fewest}-{most}'} images per process, "
               f"{'SyncBatchNorm' if args.sync_bn else 'BatchNorm per process'}", flush=True)
     if checkpoint is not None:
         print(f"resumed from {path} at epoch {state.epoch + 1}, iteration {schedule.step_count}", flush=True)
@@ -334,7 +335,7 @@ def run(args, checkpoint=None, comm=None):
     if out is None:
         out = (os.path.dirname(path) or ".") if checkpoint is not None else os.path.join("runs", name)
     state.config = dict(vars(args), out=out, model_name=name, parameters=int(n_params),
-                        backend_used=backend.get_backend())
+                        backend_used=backend.get_backend(), processes=1 if comm is None else comm.size)
     if is_main:
         os.makedirs(out, exist_ok=True)
         remove_stale_temporaries(out)  # what a run killed in the middle of a write left behind
