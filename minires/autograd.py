@@ -8,16 +8,18 @@ inputs). ``Tensor.backward`` walks that graph in reverse topological order, with
 recursion, adding (``+=``) gradients where one tensor feeds several functions (a residual
 connection does), and unlinks every function once it has run, so that its saved arrays are
 freed as soon as they are no longer needed.
+
+A ``FunctionHook`` sees every Function's forward and backward while it is active (``with
+hook: ...``); the profiler is one.
 """
 import contextlib
-import time
 
 import numpy
 
 from . import backend
 
 _grad_enabled = True
-_profiler = None  # set by minires.profiler while a profile is being recorded
+_function_hooks = []  # the active FunctionHooks, in the order they were added
 
 
 def is_grad_enabled():
@@ -144,16 +146,16 @@ class Tensor:
         order = _topological_order(self.creator)  # raises if an earlier backward freed the graph
         self.creator.grad_outputs[self.creator_index] = grad
 
+        hooks = tuple(_function_hooks)
         for f in order:
-            gys = [gy if gy is not None else f.zeros_output(i) for i, gy in enumerate(f.grad_outputs)]
-            if _profiler is not None:
-                start = time.perf_counter()
-                gxs = f.backward(*gys)
-                _profiler.record(type(f).__name__, "backward", time.perf_counter() - start, gxs)
-            else:
-                gxs = f.backward(*gys)
+            gys = tuple(gy if gy is not None else f.zeros_output(i) for i, gy in enumerate(f.grad_outputs))
+            for hook in hooks:
+                hook.backward_preprocess(f, gys)
+            gxs = f.backward(*gys)
             if not isinstance(gxs, tuple):
                 gxs = (gxs,)
+            for hook in hooks:
+                hook.backward_postprocess(f, gys, gxs)
             if len(gxs) != len(f.inputs):
                 raise RuntimeError(f"{type(f).__name__}.backward returned {len(gxs)} gradients "
                                    f"for {len(f.inputs)} inputs")
@@ -312,15 +314,15 @@ class Function:
         inputs = [x if isinstance(x, Tensor) else _constant(x, ref) for x in inputs]
         self.needs_input_grad = tuple(x.requires_grad for x in inputs) if _grad_enabled else (False,) * len(inputs)
         record = any(self.needs_input_grad)
-        arrays = [x.data for x in inputs]
-        if _profiler is not None:
-            start = time.perf_counter()
-            ys = self.forward(*arrays)
-            _profiler.record(type(self).__name__, "forward", time.perf_counter() - start, ys)
-        else:
-            ys = self.forward(*arrays)
+        arrays = tuple(x.data for x in inputs)
+        hooks = tuple(_function_hooks)
+        for hook in hooks:
+            hook.forward_preprocess(self, arrays)
+        ys = self.forward(*arrays)
         single = not isinstance(ys, tuple)
         ys = (ys,) if single else ys
+        for hook in hooks:
+            hook.forward_postprocess(self, arrays, ys)
         outputs = [Tensor(y, requires_grad=record) for y in ys]
         if record:
             # Leaves are kept (their .grad is filled in); for computed inputs only the way back
@@ -345,6 +347,58 @@ class Function:
     def release(self):
         """Drop the saved arrays and the links to the inputs once backward has run."""
         self.__dict__.clear()
+
+
+class FunctionHook:
+    """Code run around every Function's forward and backward while the hook is active
+    (Chainer's ``FunctionHook``; ``minires.profiler.Profiler`` is one).
+
+    Override any of the four methods; each gets the Function and tuples of raw arrays:
+      forward_preprocess(function, inputs)                        before ``forward``
+      forward_postprocess(function, inputs, outputs)              after it
+      backward_preprocess(function, grad_outputs)                 before ``backward``
+      backward_postprocess(function, grad_outputs, grad_inputs)   after it (None for an input
+                                                                  that needs no gradient)
+    ``with hook: ...`` makes it active inside the block (``add()`` and ``remove()`` do the same
+    by hand). Active hooks run in the order they were added; ``function_hooks()`` lists them.
+    A backward runs the hooks that were active when it started.
+    """
+
+    def forward_preprocess(self, function, inputs):
+        pass
+
+    def forward_postprocess(self, function, inputs, outputs):
+        pass
+
+    def backward_preprocess(self, function, grad_outputs):
+        pass
+
+    def backward_postprocess(self, function, grad_outputs, grad_inputs):
+        pass
+
+    def add(self):
+        """Make this hook active (once); returns it."""
+        if self in _function_hooks:
+            raise RuntimeError(f"{type(self).__name__} is already active")
+        _function_hooks.append(self)
+        return self
+
+    def remove(self):
+        """Make this hook inactive."""
+        if self not in _function_hooks:
+            raise RuntimeError(f"{type(self).__name__} is not active")
+        _function_hooks.remove(self)
+
+    def __enter__(self):
+        return self.add()
+
+    def __exit__(self, *exc_info):
+        self.remove()
+
+
+def function_hooks():
+    """The active FunctionHooks, in the order they were added."""
+    return tuple(_function_hooks)
 
 
 def _unbroadcast(g, shape):

@@ -5,6 +5,10 @@
 ``prof.table()`` lists them by total time. Setting ``MINIRES_PROFILE=1`` in the environment
 records the whole process and prints the table when it exits.
 
+A ``Profiler`` is a ``FunctionHook`` (``minires.autograd``): autograd calls it before and after
+every forward and backward, and it adds up the time in between per (op, phase). Profiles may be
+nested: each active one records everything run while it is active.
+
 On the GPU each timing synchronises the device first, so the numbers are honest but the run
 is slower than an unprofiled one.
 """
@@ -19,30 +23,48 @@ from . import autograd, backend
 
 
 def _synchronize(arrays):
-    arrays = arrays if isinstance(arrays, tuple) else (arrays,)
+    """Wait for the GPU to finish the work that produced ``arrays`` (nothing to wait for on NumPy)."""
     for a in arrays:
         if a is not None and backend.backend_of(a) == "cupy":
             backend.get_module("cupy").cuda.get_current_stream().synchronize()
             return
 
 
-class Profiler:
-    """Accumulates seconds and call counts per (op, phase)."""
+class Profiler(autograd.FunctionHook):
+    """Accumulates seconds and call counts per (op, phase); phase is "forward", "backward" or,
+    for a ``section``, "total". Ops are named by their Function class (``Conv2dFunction``)."""
 
     def __init__(self):
         self.seconds = defaultdict(float)
         self.calls = defaultdict(int)
+        self._start = {}  # (id of the Function, phase) -> perf_counter() when it began
 
-    def record(self, name, phase, seconds, outputs=None):
-        if outputs is not None and backend.backend_of(outputs if not isinstance(outputs, tuple) else outputs[0]) == "cupy":
-            start = time.perf_counter()
-            _synchronize(outputs)
-            seconds += time.perf_counter() - start
+    # -- the FunctionHook methods -------------------------------------------------------------
+    def forward_preprocess(self, function, inputs):
+        self._start[id(function), "forward"] = time.perf_counter()
+
+    def forward_postprocess(self, function, inputs, outputs):
+        self._stop(function, "forward", outputs)
+
+    def backward_preprocess(self, function, grad_outputs):
+        self._start[id(function), "backward"] = time.perf_counter()
+
+    def backward_postprocess(self, function, grad_outputs, grad_inputs):
+        self._stop(function, "backward", grad_inputs)
+
+    def _stop(self, function, phase, arrays):
+        _synchronize(arrays)
+        start = self._start.pop((id(function), phase))
+        self.record(type(function).__name__, phase, time.perf_counter() - start)
+
+    # -- recording and reporting ----------------------------------------------------------------
+    def record(self, name, phase, seconds):
         self.seconds[name, phase] += seconds
         self.calls[name, phase] += 1
 
     @contextlib.contextmanager
     def section(self, name):
+        """Time the block under (``name``, "total") in this profiler."""
         start = time.perf_counter()
         try:
             yield
@@ -66,36 +88,29 @@ class Profiler:
         return "\n".join(lines)
 
 
-_active = None
-
-
 @contextlib.contextmanager
 def profile():
     """Record per-op times of everything run inside the block; yields the Profiler."""
-    global _active
-    previous_prof, previous_active = autograd._profiler, _active
-    prof = Profiler()
-    autograd._profiler = _active = prof
-    try:
+    with Profiler() as prof:
         yield prof
-    finally:
-        autograd._profiler, _active = previous_prof, previous_active
 
 
 @contextlib.contextmanager
 def section(name):
-    """Time a block of non-Function work (data loading, the optimizer) under ``name`` if profiling."""
-    if _active is None:
+    """Time a block of non-Function work (data loading, the optimizer) under ``name`` in every
+    active profiler; without one it only runs the block."""
+    profilers = [h for h in autograd.function_hooks() if isinstance(h, Profiler)]
+    start = time.perf_counter()
+    try:
         yield
-    else:
-        with _active.section(name):
-            yield
+    finally:
+        seconds = time.perf_counter() - start
+        for prof in profilers:
+            prof.record(name, "total", seconds)
 
 
 def _profile_whole_process():
-    global _active
-    prof = Profiler()
-    autograd._profiler = _active = prof
+    prof = Profiler().add()
 
     def report():
         if prof.seconds:

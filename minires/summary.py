@@ -2,9 +2,9 @@
 
 It runs one forward pass of a batch of one zero image under ``no_grad`` in eval mode and
 records, for every module call, the output shape, the parameters and the multiply-adds. Calls
-are observed by temporarily giving each module an instance attribute ``forward`` that wraps
-the class's method (``Module.__call__`` looks ``forward`` up on the instance); the original
-state is restored afterwards, so the model is left as it was.
+are observed with forward hooks (``Module.register_forward_pre_hook`` opens a row,
+``register_forward_hook`` fills it in), removed afterwards with the training modes restored,
+so the model is left as it was.
 """
 from dataclasses import dataclass, field
 
@@ -122,40 +122,34 @@ def summary(model, input_shape, batch_size=1, print_fn=print, dtype="float32", m
 
     rows, stack, activations = [], [], [0]
 
-    def wrap(m, name, forward):
-        def recorded_forward(*args, **kwargs):
-            row = LayerInfo(name, type(m).__name__, len(stack), params=sum(p.size for p in m.parameters()))
-            rows.append(row)
-            stack.append(row)
-            try:
-                out = forward(*args, **kwargs)
-            finally:
-                stack.pop()
-            row.output_shape = _shape(out, batch_size)
-            if isinstance(out, Tensor):
-                work = _mult_adds_per_image(m, out) * batch_size
-                row.mult_adds += work
-                for parent in stack:
-                    parent.mult_adds += work
-            if not m._modules:  # a leaf: its output is an activation kept for backward
-                activations[0] += _output_bytes(out, batch_size)
-            return out
-        return recorded_forward
+    def open_row(m, args):
+        name = names[id(m)][0]
+        row = LayerInfo(name, type(m).__name__, len(stack), params=sum(p.size for p in m.parameters()))
+        rows.append(row)
+        stack.append(row)
+
+    def close_row(m, args, out):
+        row = stack.pop()
+        row.output_shape = _shape(out, batch_size)
+        if isinstance(out, Tensor):
+            work = _mult_adds_per_image(m, out) * batch_size
+            row.mult_adds += work
+            for parent in stack:
+                parent.mult_adds += work
+        if not m._modules:  # a leaf: its output is an activation kept for backward
+            activations[0] += _output_bytes(out, batch_size)
 
     training = [(m, m.training) for m in modules]
-    own_forward = [(m, m.__dict__.get("forward")) for m in modules]  # normally None
+    handles = []
     try:
         for m in modules:
-            m.forward = wrap(m, names[id(m)][0], m.forward)
+            handles += [m.register_forward_pre_hook(open_row), m.register_forward_hook(close_row)]
         model.eval()
         with no_grad():
             model(x)
     finally:
-        for m, forward in own_forward:
-            if forward is None:
-                del m.forward
-            else:
-                m.forward = forward
+        for handle in handles:
+            handle.remove()
         for m, mode in training:
             m.training = mode
 

@@ -487,3 +487,66 @@ def test_second_backward_on_a_freed_graph_says_so():
     loss.backward()
     with pytest.raises(RuntimeError, match="freed by an earlier backward"):
         loss.backward()
+
+
+# -- function hooks ----------------------------------------------------------------------------------
+
+class Recorder(minires.autograd.FunctionHook):
+    def __init__(self):
+        self.events = []
+
+    def forward_preprocess(self, function, inputs):
+        self.events.append(("forward_pre", type(function).__name__, [a.shape for a in inputs]))
+
+    def forward_postprocess(self, function, inputs, outputs):
+        self.events.append(("forward_post", type(function).__name__, [a.shape for a in outputs]))
+
+    def backward_preprocess(self, function, grad_outputs):
+        self.events.append(("backward_pre", type(function).__name__, [g.shape for g in grad_outputs]))
+
+    def backward_postprocess(self, function, grad_outputs, grad_inputs):
+        self.events.append(("backward_post", type(function).__name__,
+                            [None if g is None else g.shape for g in grad_inputs]))
+
+
+def test_function_hook_sees_every_forward_and_backward_with_arrays():
+    x = Tensor(np.ones((2, 3)), requires_grad=True)
+    W = Tensor(np.ones((4, 3)))  # no gradient wanted
+    with Recorder() as rec:
+        assert minires.autograd.function_hooks() == (rec,)
+        y = F.linear(x, W)
+        loss = F.relu(y).sum()
+        loss.backward()
+    assert minires.autograd.function_hooks() == ()
+    assert rec.events == [
+        ("forward_pre", "LinearFunction", [(2, 3), (4, 3)]), ("forward_post", "LinearFunction", [(2, 4)]),
+        ("forward_pre", "ReLUFunction", [(2, 4)]), ("forward_post", "ReLUFunction", [(2, 4)]),
+        ("forward_pre", "Sum", [(2, 4)]), ("forward_post", "Sum", [()]),
+        ("backward_pre", "Sum", [()]), ("backward_post", "Sum", [(2, 4)]),
+        ("backward_pre", "ReLUFunction", [(2, 4)]), ("backward_post", "ReLUFunction", [(2, 4)]),
+        ("backward_pre", "LinearFunction", [(2, 4)]), ("backward_post", "LinearFunction", [(2, 3), None]),
+    ]
+    F.relu(x)  # no longer recorded
+    assert len(rec.events) == 12
+
+
+def test_function_hooks_nest_run_in_order_and_are_removed_on_error():
+    outer, inner = Recorder(), Recorder()
+    order = []
+    outer.forward_preprocess = lambda f, inputs: order.append("outer")
+    inner.forward_preprocess = lambda f, inputs: order.append("inner")
+    with outer:
+        F.relu(Tensor(np.ones(3)))
+        with pytest.raises(ValueError, match="cannot reshape"):
+            with inner:
+                F.relu(Tensor(np.ones(3)))
+                Tensor(np.ones(3)).reshape(2, 2)
+        assert minires.autograd.function_hooks() == (outer,)
+    assert order == ["outer", "outer", "inner", "outer", "inner"]
+    assert minires.autograd.function_hooks() == ()
+    hook = Recorder().add()
+    with pytest.raises(RuntimeError, match="already active"):
+        hook.add()
+    hook.remove()
+    with pytest.raises(RuntimeError, match="not active"):
+        hook.remove()

@@ -458,3 +458,56 @@ def test_manual_seed_reproducible_init():
     assert std == pytest.approx(np.sqrt(2.0 / (64 * 9)), rel=0.05)
     lin = nn.Linear(100, 50)
     assert float(np.abs(host(lin.weight)).max()) <= 0.1
+
+
+# -- forward hooks ---------------------------------------------------------------------------------
+
+def test_forward_hooks_see_and_may_replace_inputs_and_outputs():
+    fc = nn.Linear(3, 2)
+    x = Tensor(np.arange(6.0).reshape(2, 3))
+    calls = []
+    pre = fc.register_forward_pre_hook(lambda m, args: calls.append(("pre", m, args[0].shape)))
+    post = fc.register_forward_hook(lambda m, args, out: calls.append(("post", m, args[0].shape, out.shape)))
+    y = fc(x)
+    assert calls == [("pre", fc, (2, 3)), ("post", fc, (2, 3), (2, 2))]
+    np.testing.assert_allclose(y.data, x.data @ fc.weight.data.T + fc.bias.data)
+
+    # a pre-hook's return value replaces the arguments, a forward hook's the output
+    doubled = fc.register_forward_pre_hook(lambda m, args: args[0] * 2.0)
+    seen = []
+    fc.register_forward_hook(lambda m, args, out: seen.append(args[0].data.copy()))
+    negated = fc.register_forward_hook(lambda m, args, out: -out)
+    y2 = fc(x)
+    np.testing.assert_allclose(seen[0], 2 * x.data)
+    np.testing.assert_allclose(y2.data, -(2 * x.data @ fc.weight.data.T + fc.bias.data))
+
+    for handle in (pre, post, doubled, negated):
+        handle.remove()
+    handle.remove()  # a second remove does nothing
+    calls.clear()
+    np.testing.assert_allclose(fc(x).data, y.data)
+    assert calls == [] and len(seen) == 2  # only the hook never removed still runs
+
+
+def test_forward_hooks_run_on_children_in_call_order_and_as_context_managers():
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    order = []
+    handles = [m.register_forward_hook(lambda m, args, out, name=name: order.append(name))
+               for name, m in model.named_modules()]
+    model(Tensor(np.ones((1, 4))))
+    assert order == ["0", "1", "2", ""]  # a parent's forward hook runs after its children's
+    for handle in handles:
+        handle.remove()
+    with model[1].register_forward_pre_hook(lambda m, args: order.append("pre")):
+        model(Tensor(np.ones((1, 4))))
+    model(Tensor(np.ones((1, 4))))
+    assert order == ["0", "1", "2", "", "pre"]
+
+
+def test_forward_hooks_and_backward():
+    """A hook's replacement output stays in the graph: gradients flow through it."""
+    fc = nn.Linear(3, 1, bias=False)
+    fc.register_forward_hook(lambda m, args, out: out * 3.0)
+    x = Tensor(np.array([[1.0, 2.0, -1.0]]))
+    fc(x).sum().backward()
+    np.testing.assert_allclose(fc.weight.grad, 3.0 * x.data)

@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from minires import models
+from minires import functional as F
+from minires import models, nn
 from minires.summary import summary
 
 
@@ -64,6 +65,7 @@ def test_model_is_left_as_it_was():
     summary(model, (3, 32, 32), print_fn=None)
     assert model.training and not model.layer1.training and model.layer2.training
     assert all("forward" not in vars(m) for m in model.modules())
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
     for k, v in model.state_dict().items():
         np.testing.assert_array_equal(v, state[k], err_msg=k)  # eval mode: no running-stat update
 
@@ -73,6 +75,7 @@ def test_failure_restores_the_model():
     with pytest.raises(ValueError):
         summary(model, (4, 32, 32), print_fn=None)  # 4 channels into a 3-channel conv
     assert all("forward" not in vars(m) for m in model.modules())
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
     assert model.training
 
 
@@ -80,3 +83,24 @@ def test_float64_model():
     s = summary(models.resnet20().astype("float64"), (3, 8, 8), dtype="float64", print_fn=None)
     assert s.params_size_mb == pytest.approx(269_722 * 8 / 1e6)
     assert s.rows[0].output_shape == [1, 10]
+
+
+def test_observes_calls_with_forward_hooks_and_keeps_the_users_hooks():
+    """summary never replaces a module's forward; hooks the user registered stay and still run."""
+
+    class Checked(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(12, 5)
+
+        def forward(self, x):
+            assert "forward" not in vars(self) and "forward" not in vars(self.fc)
+            return self.fc(F.flatten(x))
+
+    model = Checked()
+    seen = []
+    handle = model.fc.register_forward_hook(lambda m, args, out: seen.append(out.shape))
+    s = summary(model, (3, 2, 2), print_fn=None)
+    assert [(r.name, r.type, r.output_shape) for r in s.rows] == [("", "Checked", [1, 5]), ("fc", "Linear", [1, 5])]
+    assert s.mult_adds == 12 * 5 and seen == [(1, 5)]
+    assert list(model.fc._forward_hooks) == [handle.id] and not model._forward_hooks

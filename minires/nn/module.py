@@ -5,6 +5,7 @@ import numpy
 
 from .. import backend
 from ..autograd import Tensor
+from ..utils.hooks import RemovableHandle
 
 
 class Parameter(Tensor):
@@ -22,6 +23,8 @@ class Module:
 
     Assigning a Parameter or a Module to an attribute registers it (in assignment order);
     ``register_buffer`` registers a raw array that is state but not learned (running statistics).
+    Calling a module runs its forward between its forward pre-hooks and forward hooks
+    (``register_forward_pre_hook``, ``register_forward_hook``, as in PyTorch).
     """
 
     training = True
@@ -32,6 +35,8 @@ class Module:
         object.__setattr__(self, "_buffers", OrderedDict())
         object.__setattr__(self, "_modules", OrderedDict())
         object.__setattr__(self, "training", True)
+        object.__setattr__(self, "_forward_pre_hooks", OrderedDict())
+        object.__setattr__(self, "_forward_hooks", OrderedDict())
 
     def __setattr__(self, name, value):
         if "_parameters" not in self.__dict__:
@@ -81,7 +86,31 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__} must define forward")
 
     def __call__(self, *args, **kwargs):
-        return self.forward(*args, **kwargs)
+        for hook in tuple(self._forward_pre_hooks.values()):
+            result = hook(self, args)
+            if result is not None:
+                args = result if isinstance(result, tuple) else (result,)
+        out = self.forward(*args, **kwargs)
+        for hook in tuple(self._forward_hooks.values()):
+            result = hook(self, args, out)
+            if result is not None:
+                out = result
+        return out
+
+    def register_forward_pre_hook(self, hook):
+        """Call ``hook(module, args)`` before every forward of this module (``args``: the tuple of
+        positional arguments). If it returns something, that replaces the arguments (a tuple,
+        or a single argument). Returns a handle whose ``remove()`` unregisters the hook."""
+        handle = RemovableHandle(self._forward_pre_hooks)
+        self._forward_pre_hooks[handle.id] = hook
+        return handle
+
+    def register_forward_hook(self, hook):
+        """Call ``hook(module, args, output)`` after every forward of this module. If it returns
+        something, that replaces the output. Returns a handle whose ``remove()`` unregisters it."""
+        handle = RemovableHandle(self._forward_hooks)
+        self._forward_hooks[handle.id] = hook
+        return handle
 
     # -- walking the tree ---------------------------------------------------------------------
     def named_modules(self, prefix=""):
