@@ -3,13 +3,18 @@
 Read it in this order: ``backend`` (NumPy or CuPy behind one ``xp``), ``autograd`` (Tensor,
 Function, backward), ``functional`` (the ops: im2col convolution, batch norm, pooling, loss),
 ``nn`` (Module and layers), ``models`` (the ResNets), ``optim``, ``data`` and ``train``.
+
+``import minires`` makes the subpackages reachable as attributes, as PyTorch's do
+(``minires.nn.Conv2d``, ``minires.optim.SGD``, ``minires.data.load_cifar10``); it imports NumPy
+only: CuPy is imported when the cupy backend is asked for, the command line (``minires.train``)
+when it is run.
 """
 from . import backend
-from .autograd import Function, Tensor, is_grad_enabled, no_grad
+from .autograd import Function, FunctionHook, Tensor, is_grad_enabled, no_grad
 from .backend import get_array_module, get_backend, set_backend, to_numpy
 from .gradcheck import GradcheckError, gradcheck
 from .nn.init import manual_seed
-from . import models, profiler
+from . import autograd, data, functional, models, nn, optim, profiler, utils
 from .interop import load_torch_state_dict
 from .serialization import load, save
 from .summary import summary
@@ -17,7 +22,7 @@ from .utils.threads import get_num_threads, set_num_threads
 
 __version__ = "0.1.0"
 
-__all__ = ["Tensor", "Function", "no_grad", "is_grad_enabled", "set_backend", "get_backend",
-           "get_array_module", "to_numpy", "gradcheck", "GradcheckError", "manual_seed", "backend",
-           "models", "profiler", "save", "load", "summary", "load_torch_state_dict", "set_num_threads",
-           "get_num_threads"]
+__all__ = ["Tensor", "Function", "FunctionHook", "no_grad", "is_grad_enabled", "set_backend", "get_backend",
+           "get_array_module", "to_numpy", "gradcheck", "GradcheckError", "manual_seed", "autograd", "backend",
+           "data", "functional", "models", "nn", "optim", "profiler", "utils", "save", "load", "summary",
+           "load_torch_state_dict", "set_num_threads", "get_num_threads"]

@@ -1,4 +1,8 @@
 """Array backends: choosing NumPy or CuPy, moving arrays and tensors between them, error messages."""
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -197,3 +201,22 @@ _FakeCupyArray.__module__ = "cupy._core.core"
 def test_to_numpy_of_a_cupy_like_array_uses_its_get():
     a = _FakeCupyArray(np.arange(3.0))
     np.testing.assert_array_equal(mb.to_numpy(a), np.arange(3.0))
+
+
+def test_import_minires_reaches_the_subpackages_without_importing_cupy():
+    """In a fresh interpreter, as a user would: ``import minires`` alone gives minires.optim.SGD,
+    minires.data, minires.nn, minires.functional ..., and imports neither CuPy nor the CLI."""
+    code = """
+import sys
+import minires
+m = minires.nn.Linear(2, 1)
+opt = minires.optim.SGD(m.parameters(), lr=0.1)
+assert callable(minires.data.load_cifar10) and callable(minires.functional.conv2d)
+assert minires.models.create("resnet20") is not None and minires.profiler.profile and minires.summary
+assert minires.autograd.FunctionHook is minires.FunctionHook and minires.utils.conv.im2col
+print(type(opt).__name__, sorted(k for k in ("cupy", "minires.train", "torch") if k in sys.modules))
+"""
+    root = Path(__file__).resolve().parents[1]
+    run = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["SGD", "[]"]

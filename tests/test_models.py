@@ -3,9 +3,11 @@ import numpy as np
 import pytest
 
 import minires
-from minires import Tensor, gradcheck, models
+from minires import Tensor, gradcheck, models, nn
+from minires import functional as F
+from minires.models import registry
+from minires.models.blocks import Bottleneck, projection
 from minires.models.preact import PreActBottleneck
-from minires.models.resnet import Bottleneck, projection
 
 # REFERENCE.md, "Architectures and exact parameter counts".
 CIFAR_V1 = {  # name: (option A, option B)
@@ -251,6 +253,42 @@ def test_names():
     assert models.names() == ["resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet1202",
                               "resnet56v2", "resnet110v2", "resnet164v2", "resnet1001v2",
                               "resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
+
+
+def test_a_model_registers_itself_where_it_is_defined(monkeypatch):
+    # a copy of the registry, so that the model made up here leaves names() as it was
+    monkeypatch.setattr(registry, "_MODELS", dict(registry._MODELS))
+
+    class TinyNet(nn.Module):
+        def __init__(self, width):
+            super().__init__()
+            self.fc = nn.Linear(3 * 4 * 4, width)
+
+        def forward(self, x):
+            return self.fc(F.flatten(x))
+
+    @models.register_model("tinynet_for_test")
+    def tinynet(width=5):
+        return TinyNet(width)
+
+    assert tinynet(width=2).fc.out_features == 2  # the decorator returns the function unchanged
+    assert models.names()[-1] == "tinynet_for_test"
+    model = models.create("TinyNet_for_test", width=7)
+    assert isinstance(model, TinyNet) and model(images((2, 3, 4, 4))).shape == (2, 7)
+
+
+def test_a_name_is_registered_once(monkeypatch):
+    monkeypatch.setattr(registry, "_MODELS", dict(registry._MODELS))
+    before = models.names()
+    with pytest.raises(ValueError, match=r"'resnet20' is already taken by minires\.models\.cifar\.resnet20"):
+        models.register_model("resnet20")(lambda: None)
+    with pytest.raises(ValueError, match="'cifar_resnet' is already taken"):
+        models.register_model("cifar_resnet")(lambda: None)
+    for bad in ["", "ResNet7", None]:
+        with pytest.raises(ValueError, match="lower-case"):
+            models.register_model(bad)
+    assert models.names() == before
+    assert isinstance(models.create("resnet20"), models.CifarResNet)
 
 
 def test_bad_v1_depth_lists_valid_depths():

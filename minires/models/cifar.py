@@ -11,7 +11,8 @@ Where a block halves the maps and doubles the channels, the shortcut is
 """
 from .. import functional as F
 from .. import nn
-from .resnet import BasicBlock, check_num_classes, projection
+from .blocks import BasicBlock, check_num_classes, projection
+from .registry import register_model
 
 SHORTCUTS = ("A", "B")
 
@@ -86,36 +87,43 @@ class CifarResNet(nn.Module):
         return f"shortcut={self.shortcut!r}"
 
 
+@register_model("cifar_resnet", depths="6n+2")
 def cifar_resnet(depth, shortcut="A", num_classes=10):
     """The CIFAR ResNet v1 of ``depth`` = 6n+2 layers (n blocks per stage)."""
     return CifarResNet(check_depth(depth, 6, "cifar_resnet"), shortcut, num_classes)
 
 
+@register_model("resnet20")
 def resnet20(shortcut="A", num_classes=10):
     """ResNet-20 (n=3): 269,722 parameters with option A, 272,474 with option B."""
     return cifar_resnet(20, shortcut, num_classes)
 
 
+@register_model("resnet32")
 def resnet32(shortcut="A", num_classes=10):
     """ResNet-32 (n=5): 464,154 parameters (option A)."""
     return cifar_resnet(32, shortcut, num_classes)
 
 
+@register_model("resnet44")
 def resnet44(shortcut="A", num_classes=10):
     """ResNet-44 (n=7): 658,586 parameters (option A)."""
     return cifar_resnet(44, shortcut, num_classes)
 
 
+@register_model("resnet56")
 def resnet56(shortcut="A", num_classes=10):
     """ResNet-56 (n=9): 853,018 parameters (option A)."""
     return cifar_resnet(56, shortcut, num_classes)
 
 
+@register_model("resnet110")
 def resnet110(shortcut="A", num_classes=10):
     """ResNet-110 (n=18): 1,727,962 parameters (option A)."""
     return cifar_resnet(110, shortcut, num_classes)
 
 
+@register_model("resnet1202")
 def resnet1202(shortcut="A", num_classes=10):
     """ResNet-1202 (n=200): 19,421,274 parameters (option A)."""
     return cifar_resnet(1202, shortcut, num_classes)

@@ -24,8 +24,9 @@ project's reference lists (resnet56v2 1,663,338 ... resnet1001v2 30,347,658):
 """
 from .. import functional as F
 from .. import nn
+from .blocks import check_num_classes
 from .cifar import check_depth
-from .resnet import check_num_classes
+from .registry import register_model
 
 
 class PreActBottleneck(nn.Module):
@@ -91,26 +92,31 @@ class PreActResNet(nn.Module):
         return self.fc(self.avgpool(x))
 
 
+@register_model("preact_resnet", depths="9n+2")
 def preact_resnet(depth, num_classes=10):
     """The pre-activation bottleneck ResNet of ``depth`` = 9n+2 layers (n units per stage)."""
     return PreActResNet(check_depth(depth, 9, "preact_resnet"), num_classes)
 
 
+@register_model("resnet56v2")
 def resnet56v2(num_classes=10):
     """ResNet-56 v2 (n=6): 1,663,338 parameters."""
     return preact_resnet(56, num_classes)
 
 
+@register_model("resnet110v2")
 def resnet110v2(num_classes=10):
     """ResNet-110 v2 (n=12): 3,302,442 parameters."""
     return preact_resnet(110, num_classes)
 
 
+@register_model("resnet164v2")
 def resnet164v2(num_classes=10):
     """ResNet-164 v2 (n=18): 4,941,546 parameters."""
     return preact_resnet(164, num_classes)
 
 
+@register_model("resnet1001v2")
 def resnet1001v2(num_classes=10):
     """ResNet-1001 v2 (n=111): 30,347,658 parameters."""
     return preact_resnet(1001, num_classes)

@@ -1,39 +1,61 @@
-"""Models by name: ``create("resnet20")``, ``create("resnet18", stem="imagenet")``, ``names()``."""
-from .cifar import (cifar_resnet, resnet20, resnet32, resnet44, resnet56, resnet110, resnet1202)
-from .preact import preact_resnet, resnet56v2, resnet110v2, resnet164v2, resnet1001v2
-from .resnet import resnet18, resnet34, resnet50, resnet101, resnet152
+"""Models by name: ``create("resnet20")``, ``create("resnet18", stem="imagenet")``, ``names()``.
 
-# The named models, in the order of the reference tables: CIFAR v1, CIFAR v2, ImageNet family.
-MODELS = {
-    "resnet20": resnet20, "resnet32": resnet32, "resnet44": resnet44, "resnet56": resnet56,
-    "resnet110": resnet110, "resnet1202": resnet1202,
-    "resnet56v2": resnet56v2, "resnet110v2": resnet110v2, "resnet164v2": resnet164v2,
-    "resnet1001v2": resnet1001v2,
-    "resnet18": resnet18, "resnet34": resnet34, "resnet50": resnet50, "resnet101": resnet101,
-    "resnet152": resnet152,
-}
+A model registers itself where it is defined, with a decorator on the function that builds it:
 
-# Families of any depth, built with create(name, depth=...).
-BUILDERS = {"cifar_resnet": cifar_resnet, "preact_resnet": preact_resnet}
+    @register_model("resnet20")
+    def resnet20(shortcut="A", num_classes=10): ...
+
+so a new model needs no edit here; its file only has to be imported by ``models/__init__.py``.
+Names are listed in the order they were registered (the import order there: CIFAR v1, CIFAR v2,
+ImageNet family).
+"""
+
+_MODELS = {}    # name -> function building that model
+_FAMILIES = {}  # name -> (function taking depth=..., description of the valid depths)
+
+
+def register_model(name, depths=None):
+    """Decorator: make the decorated function buildable as ``create(name, **kwargs)``.
+
+    ``depths``: for a family of any depth, such as ``cifar_resnet``, a description of the valid
+    depths ("6n+2"); it is then built with ``create(name, depth=...)`` and not listed by
+    ``names()``. A name may be registered once.
+    """
+    if not isinstance(name, str) or not name or name != name.lower():
+        raise ValueError(f"register_model: the name must be a non-empty lower-case string, got {name!r}")
+
+    def register(fn):
+        if name in _MODELS or name in _FAMILIES:
+            previous = _MODELS[name] if name in _MODELS else _FAMILIES[name][0]
+            raise ValueError(f"register_model: the name {name!r} is already taken by "
+                             f"{previous.__module__}.{previous.__qualname__}")
+        if depths is None:
+            _MODELS[name] = fn
+        else:
+            _FAMILIES[name] = (fn, depths)
+        return fn
+
+    return register
 
 
 def names():
-    """The names ``create`` accepts without a ``depth``, in table order."""
-    return list(MODELS)
+    """The names ``create`` accepts without a ``depth``, in registration order."""
+    return list(_MODELS)
 
 
 def create(name, **kwargs):
     """Build model ``name`` with keyword arguments passed to its function.
 
-    ``name`` is one of ``names()``, or "cifar_resnet" / "preact_resnet" with ``depth=``
-    (6n+2 / 9n+2). An unknown name raises ValueError listing the valid ones.
+    ``name`` is one of ``names()``, or a family such as "cifar_resnet" / "preact_resnet" with
+    ``depth=`` (6n+2 / 9n+2). An unknown name raises ValueError listing the valid ones.
     """
     key = str(name).lower()
-    if key in MODELS:
-        return MODELS[key](**kwargs)
-    if key in BUILDERS:
+    if key in _MODELS:
+        return _MODELS[key](**kwargs)
+    if key in _FAMILIES:
         if "depth" not in kwargs:
             raise ValueError(f"create({name!r}) needs depth=..., e.g. create({name!r}, depth=20)")
-        return BUILDERS[key](**kwargs)
+        return _FAMILIES[key][0](**kwargs)
+    families = " and ".join(f"{family} (depth={depths})" for family, (_, depths) in _FAMILIES.items())
     raise ValueError(f"unknown model {name!r}; valid names: {', '.join(names())}; "
-                     f"or cifar_resnet (depth=6n+2) and preact_resnet (depth=9n+2) with depth=...")
+                     f"or {families} with depth=...")

@@ -1,4 +1,4 @@
-"""ResNet-18/34/50/101/152 (He et al. 2015) with torchvision's layer names, and their two blocks.
+"""ResNet-18/34/50/101/152 (He et al. 2015) with torchvision's layer names (blocks in ``blocks.py``).
 
 A network is a stem, four stages of residual blocks with 64, 128, 256, 512 base channels, a
 global average pool and a fully connected layer. The first block of stages 2-4 halves the
@@ -11,82 +11,9 @@ Two stems:
 - ``"cifar"``: 3x3 conv stride 1, BN, ReLU, no pool, so a 32x32 image keeps its resolution
   into stage 1 (the kuangliu/pytorch-cifar variant).
 """
-from .. import functional as F
 from .. import nn
-
-
-def conv3x3(in_channels, out_channels, stride=1):
-    """3x3 convolution with padding 1 and no bias (the BN after it has one)."""
-    return nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
-
-
-def conv1x1(in_channels, out_channels, stride=1):
-    """1x1 convolution without bias."""
-    return nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False)
-
-
-def projection(in_channels, out_channels, stride):
-    """The projection shortcut: 1x1 conv + BN, as ``Sequential`` so its keys are ``downsample.0/1``."""
-    return nn.Sequential(conv1x1(in_channels, out_channels, stride), nn.BatchNorm2d(out_channels))
-
-
-class BasicBlock(nn.Module):
-    """Two 3x3 conv-BN layers and a shortcut: relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x)).
-
-    x (N, in_channels, H, W) -> (N, channels, H / stride, W / stride). ``downsample`` maps x to
-    the output's shape when it changes (a projection, or the parameter-free option-A shortcut of
-    the CIFAR networks); None means the identity.
-    """
-
-    expansion = 1
-    conv_bn_pairs = (("conv1", "bn1"), ("conv2", "bn2"))
-
-    def __init__(self, in_channels, channels, stride=1, downsample=None):
-        super().__init__()
-        self.conv1 = conv3x3(in_channels, channels, stride)
-        self.bn1 = nn.BatchNorm2d(channels)
-        self.relu = nn.ReLU()
-        self.conv2 = conv3x3(channels, channels)
-        self.bn2 = nn.BatchNorm2d(channels)
-        self.downsample = downsample
-
-    def forward(self, x):
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        identity = x if self.downsample is None else self.downsample(x)
-        return self.relu(F.add(out, identity))
-
-
-class Bottleneck(nn.Module):
-    """1x1 (reduce to ``channels``) -> 3x3 (stride here) -> 1x1 (expand to 4 * ``channels``), each
-    followed by BN, with ReLU after the first two and after the residual addition.
-
-    x (N, in_channels, H, W) -> (N, 4 * channels, H / stride, W / stride). Putting the stride on
-    the 3x3 conv rather than the first 1x1 (torchvision's "ResNet v1.5") means no input pixel is
-    skipped by a strided 1x1 conv.
-    """
-
-    expansion = 4
-    conv_bn_pairs = (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3"))
-
-    def __init__(self, in_channels, channels, stride=1, downsample=None):
-        super().__init__()
-        out_channels = channels * self.expansion
-        self.conv1 = conv1x1(in_channels, channels)
-        self.bn1 = nn.BatchNorm2d(channels)
-        self.conv2 = conv3x3(channels, channels, stride)
-        self.bn2 = nn.BatchNorm2d(channels)
-        self.conv3 = conv1x1(channels, out_channels)
-        self.bn3 = nn.BatchNorm2d(out_channels)
-        self.relu = nn.ReLU()
-        self.downsample = downsample
-
-    def forward(self, x):
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        identity = x if self.downsample is None else self.downsample(x)
-        return self.relu(F.add(out, identity))
+from .blocks import BasicBlock, Bottleneck, check_num_classes, conv3x3, projection
+from .registry import register_model
 
 
 STEMS = ("cifar", "imagenet")
@@ -147,38 +74,38 @@ class ResNet(nn.Module):
         return f"stem={self.stem!r}"
 
 
-def check_num_classes(num_classes):
-    if not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-
-
 def _resnet(block, layers, num_classes, stem):
     if num_classes is None:
         num_classes = 1000 if stem == "imagenet" else 10
     return ResNet(block, layers, num_classes, stem)
 
 
+@register_model("resnet18")
 def resnet18(num_classes=None, stem="cifar"):
     """ResNet-18: BasicBlock, [2, 2, 2, 2]. ``num_classes`` defaults to 10 for the cifar stem and
     1000 for the imagenet stem. 11,173,962 parameters (cifar, 10 classes); 11,689,512 (imagenet, 1000)."""
     return _resnet(BasicBlock, [2, 2, 2, 2], num_classes, stem)
 
 
+@register_model("resnet34")
 def resnet34(num_classes=None, stem="cifar"):
     """ResNet-34: BasicBlock, [3, 4, 6, 3]. 21,282,122 parameters (cifar, 10 classes)."""
     return _resnet(BasicBlock, [3, 4, 6, 3], num_classes, stem)
 
 
+@register_model("resnet50")
 def resnet50(num_classes=None, stem="cifar"):
     """ResNet-50: Bottleneck, [3, 4, 6, 3]. 23,520,842 parameters (cifar, 10); 25,557,032 (imagenet, 1000)."""
     return _resnet(Bottleneck, [3, 4, 6, 3], num_classes, stem)
 
 
+@register_model("resnet101")
 def resnet101(num_classes=None, stem="cifar"):
     """ResNet-101: Bottleneck, [3, 4, 23, 3]. 42,512,970 parameters (cifar, 10 classes)."""
     return _resnet(Bottleneck, [3, 4, 23, 3], num_classes, stem)
 
 
+@register_model("resnet152")
 def resnet152(num_classes=None, stem="cifar"):
     """ResNet-152: Bottleneck, [3, 8, 36, 3]. 58,156,618 parameters (cifar, 10 classes)."""
     return _resnet(Bottleneck, [3, 8, 36, 3], num_classes, stem)

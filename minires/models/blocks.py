@@ -1,0 +1,87 @@
+"""The residual blocks and small pieces the ResNets share (torchvision's layer names).
+
+- ``BasicBlock``: two 3x3 conv-BN layers (ResNet-18/34 and the CIFAR ResNets);
+- ``Bottleneck``: 1x1 reduce, 3x3, 1x1 expand (ResNet-50/101/152);
+- ``projection``: the 1x1 conv + BN shortcut called ``downsample`` where a block changes shape.
+"""
+from .. import functional as F
+from .. import nn
+
+
+def conv3x3(in_channels, out_channels, stride=1):
+    """3x3 convolution with padding 1 and no bias (the BN after it has one)."""
+    return nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+
+
+def conv1x1(in_channels, out_channels, stride=1):
+    """1x1 convolution without bias."""
+    return nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False)
+
+
+def projection(in_channels, out_channels, stride):
+    """The projection shortcut: 1x1 conv + BN, as ``Sequential`` so its keys are ``downsample.0/1``."""
+    return nn.Sequential(conv1x1(in_channels, out_channels, stride), nn.BatchNorm2d(out_channels))
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 conv-BN layers and a shortcut: relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x)).
+
+    x (N, in_channels, H, W) -> (N, channels, H / stride, W / stride). ``downsample`` maps x to
+    the output's shape when it changes (a projection, or the parameter-free option-A shortcut of
+    the CIFAR networks); None means the identity.
+    """
+
+    expansion = 1
+    conv_bn_pairs = (("conv1", "bn1"), ("conv2", "bn2"))
+
+    def __init__(self, in_channels, channels, stride=1, downsample=None):
+        super().__init__()
+        self.conv1 = conv3x3(in_channels, channels, stride)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.relu = nn.ReLU()
+        self.conv2 = conv3x3(channels, channels)
+        self.bn2 = nn.BatchNorm2d(channels)
+        self.downsample = downsample
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.relu(F.add(out, identity))
+
+
+class Bottleneck(nn.Module):
+    """1x1 (reduce to ``channels``) -> 3x3 (stride here) -> 1x1 (expand to 4 * ``channels``), each
+    followed by BN, with ReLU after the first two and after the residual addition.
+
+    x (N, in_channels, H, W) -> (N, 4 * channels, H / stride, W / stride). Putting the stride on
+    the 3x3 conv rather than the first 1x1 (torchvision's "ResNet v1.5") means no input pixel is
+    skipped by a strided 1x1 conv.
+    """
+
+    expansion = 4
+    conv_bn_pairs = (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3"))
+
+    def __init__(self, in_channels, channels, stride=1, downsample=None):
+        super().__init__()
+        out_channels = channels * self.expansion
+        self.conv1 = conv1x1(in_channels, channels)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.conv2 = conv3x3(channels, channels, stride)
+        self.bn2 = nn.BatchNorm2d(channels)
+        self.conv3 = conv1x1(channels, out_channels)
+        self.bn3 = nn.BatchNorm2d(out_channels)
+        self.relu = nn.ReLU()
+        self.downsample = downsample
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.relu(F.add(out, identity))
+
+
+def check_num_classes(num_classes):
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
