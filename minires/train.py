@@ -320,7 +320,8 @@ def run(args, checkpoint=None, comm=None):
           f"{info['n_train']:,} training / {info['n_test']:,} test images from {info['data_dir']}", flush=True)
     if comm is not None:
         fewest, most = args.batch_size // comm.size, -(-args.batch_size // comm.size)
-        print(f"data parallel on {comm.size} processes ({type(comm).__name__}): batch {args.batch_size} = "
+        print(f"data parallel on {comm.size} process{'es' if comm.size > 1 else ''} ({type(comm).__name__}): "
+              f"batch {args.batch_size} = "
               f"{fewest if fewest == most else f'{fewest}-{most}'} images per process, "
               f"{'SyncBatchNorm' if args.sync_bn else 'BatchNorm per process'}", flush=True)
     if checkpoint is not None:
