@@ -6,9 +6,10 @@ process with N*T threads, same model and same total batch.
 
 Every configuration runs in fresh processes (``mpiexec -n N`` for the ranks), alternating
 blocks of ``--steps`` timed steps after ``--warmup`` untimed ones, ``--repeats`` times, so that
-a change of machine load hits all of them. A step is forward, backward, gradient all-reduce and
-SGD update, started together on all ranks (a barrier) and timed on each; the step's time is
-the slowest rank's. Reported: the median step and images/s of each configuration, and for the
+a change of machine load hits all of them; the cores other processes kept busy during each
+block are reported (from /proc/stat, less the CPU time of the block's own processes). A step is
+forward, backward, gradient all-reduce and SGD update, started together on all ranks (a
+barrier) and timed on each; the step's time is the slowest rank's. Reported: the median step and images/s of each configuration, and for the
 ranks the median time of the gradient all-reduce within the step (which includes waiting for
 the slower rank) and alone (started together after a barrier: the exchange itself), each as a
 share of the step. With ``--sync-bn`` a third configuration uses SyncBatchNorm (its own
@@ -17,6 +18,7 @@ exchanges, in every BatchNorm layer, are part of the step, not of the all-reduce
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -78,7 +80,25 @@ def child(args):
         print(json.dumps({"steps": steps, "reduces": reduces, "alone": alone}))
 
 
+def _busy_seconds():
+    """CPU seconds the whole machine has been busy (user, nice, system, irq, softirq, steal),
+    from /proc/stat (Linux); None elsewhere."""
+    try:
+        with open("/proc/stat") as f:
+            cpu = [int(v) for v in f.readline().split()[1:9]]
+    except OSError:
+        return None
+    return (cpu[0] + cpu[1] + cpu[2] + cpu[5] + cpu[6] + cpu[7]) / os.sysconf("SC_CLK_TCK")
+
+
+def _children_seconds():
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_config(args, ranks, threads, sync_bn=False):
+    """One block in fresh processes: the child's JSON, plus "other": the cores that processes
+    other than this block's kept busy on average while it ran (None off Linux)."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "OPENBLAS_NUM_THREADS": str(threads),
            "MKL_NUM_THREADS": str(threads)}
     cmd = [sys.executable, "-m", "benchmarks.distributed", "--child", "--ranks", str(ranks),
@@ -87,10 +107,15 @@ def run_config(args, ranks, threads, sync_bn=False):
     if ranks > 1:
         cmd = ["mpiexec", "-n", str(ranks)] + cmd
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    busy, own, start = _busy_seconds(), _children_seconds(), time.perf_counter()
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=root, timeout=args.timeout)
     if out.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{out.stderr[-2000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    if busy is not None:
+        other = (_busy_seconds() - busy) - (_children_seconds() - own)
+        result["other"] = max(0.0, other) / (time.perf_counter() - start)
+    return result
 
 
 def main(argv=None):
@@ -117,18 +142,19 @@ def main(argv=None):
     if args.sync_bn:
         configs.append((f"{args.ranks} ranks x {args.threads} thread(s), SyncBN", args.ranks, args.threads, True))
     runs = {name: {"steps": [], "reduces": [], "alone": []} for name, *_ in configs}
-    load = []
+    other = []
     for _ in range(args.repeats):
         for name, ranks, threads, sync_bn in configs:
-            load.append(os.getloadavg()[0])
             result = run_config(args, ranks, threads, sync_bn)
+            other.append(result.get("other"))
             runs[name]["steps"] += result["steps"]
             if ranks > 1:
                 runs[name]["reduces"] += result["reduces"]
                 runs[name]["alone"] += result["alone"]
-    print(f"{args.model}, total batch {args.batch_size}, float32, NumPy; median of {args.steps} x {args.repeats} "
-          f"steps; 1-minute load average before the blocks: {', '.join(f'{v:.1f}' for v in load)}")
-    summary = {"args": vars(args), "load": load, "cpus": os.cpu_count(), "numpy": numpy.__version__}
+    seen = ", ".join("n/a" if v is None else f"{v:.2f}" for v in other)
+    print(f"{args.model}, total batch {args.batch_size}, float32, NumPy, {os.cpu_count()} cores; median of "
+          f"{args.steps} x {args.repeats} steps; cores used by other processes during each block: {seen}")
+    summary = {"args": vars(args), "other_cores": other, "cpus": os.cpu_count(), "numpy": numpy.__version__}
     base = None
     for name, *_ in configs:
         step = float(numpy.median(runs[name]["steps"]))

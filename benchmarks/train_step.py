@@ -325,8 +325,9 @@ def main(argv=None):
     if args.distributed:
         from benchmarks import distributed
         return distributed.main(["--ranks", str(args.distributed), "--model", args.model,
-                                 "--batch-size", str(args.batch_size), "--steps", str(args.steps),
-                                 "--warmup", str(args.warmup)] + (["--json", args.json] if args.json else []))
+                                 "--batch-size", str(args.batch_size), "--steps", str(args.block),
+                                 "--repeats", str(args.rounds), "--warmup", str(args.warmup)]
+                                + (["--json", args.json] if args.json else []))
     if args.size is None:
         args.size = 224 if args.stem == "imagenet" else 32
     if args.memory_child:

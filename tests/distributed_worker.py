@@ -103,7 +103,7 @@ def case_gradcheck(comm, _):
             if owner == comm.rank:
                 flat[i] += eps
                 numeric = (plus - minus) / (2 * eps)
-                worst = max(worst, abs(numeric - analytic.reshape(-1)[i]) / max(1.0, abs(numeric)))
+                worst = max(worst, abs(numeric - analytic.reshape(-1)[i]) / max(1.0, abs(numeric)))  # (n * 12,)
     # gamma and beta: their job gradients are the weighted sums of the ranks' gradients
     ggamma = comm.allreduce(gamma.grad * m_local / m)
     gbeta = comm.allreduce(beta.grad * m_local / m)
