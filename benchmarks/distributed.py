@@ -7,13 +7,15 @@ process with N*T threads, same model and same total batch.
 Every configuration runs in fresh processes (``mpiexec -n N`` for the ranks), alternating
 blocks of ``--steps`` timed steps after ``--warmup`` untimed ones, ``--repeats`` times, so that
 a change of machine load hits all of them; the cores other processes kept busy during each
-block are reported (from /proc/stat, less the CPU time of the block's own processes). A step is
-forward, backward, gradient all-reduce and SGD update, started together on all ranks (a
-barrier) and timed on each; the step's time is the slowest rank's. Reported: the median step and images/s of each configuration, and for the
-ranks the median time of the gradient all-reduce within the step (which includes waiting for
-the slower rank) and alone (started together after a barrier: the exchange itself), each as a
-share of the step. With ``--sync-bn`` a third configuration uses SyncBatchNorm (its own
-exchanges, in every BatchNorm layer, are part of the step, not of the all-reduce column).
+block are reported (from /proc/stat, less the CPU time of the block's own processes).
+
+A step is forward, backward, gradient all-reduce and SGD update, started together on all ranks
+(a barrier) and timed on each; the step's time is the slowest rank's. Reported: the median step
+and images/s of each configuration, and for the ranks the median time of the gradient
+all-reduce within the step (which includes waiting for the slower rank) and alone (started
+together after a barrier: the exchange itself), each as a share of the step. With ``--sync-bn``
+a third configuration uses SyncBatchNorm (its exchanges, in every BatchNorm layer, are part of
+the step, not of the all-reduce columns).
 """
 import argparse
 import json
