@@ -101,12 +101,14 @@ def parallel(n_items):
 # Below this much scratch (bytes) for the whole batch a convolution runs on one thread: handing
 # work to another thread costs more than it saves on small layers.
 PARALLEL_MIN_BYTES = 1 << 20
+# The scratch of one batch slice: about what the CPU's caches hold (benchmarks/RESULTS.md).
+CHUNK_BYTES = 4 << 20
 
 
 def batch_parts(xp, n, bytes_per_image):
     """The batch as one contiguous range per thread, each cut into slices whose scratch (a column
-    matrix, ``bytes_per_image`` per image) fits in the CPU's cache (about 4 MB): a list (one per
-    thread) of lists of slices.
+    matrix, ``bytes_per_image`` per image) fits in the CPU's cache (``CHUNK_BYTES``): a list (one
+    per thread) of lists of slices.
 
     Filling a cache-sized column block and multiplying it at once saves a round trip to main
     memory for each of the kh*kw copies; on the GPU one launch over the whole batch is better.
@@ -115,7 +117,7 @@ def batch_parts(xp, n, bytes_per_image):
         return [[slice(0, n)]]
     k = parallel(n) if n * bytes_per_image >= PARALLEL_MIN_BYTES else 1
     bounds = [n * i // k for i in range(k + 1)]
-    nb = max(1, (4 << 20) // max(1, bytes_per_image))
+    nb = max(1, CHUNK_BYTES // max(1, bytes_per_image))
     return [[slice(r, min(r + nb, end)) for r in range(start, end, nb)] for start, end in zip(bounds, bounds[1:])]
 
 
