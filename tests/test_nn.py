@@ -511,3 +511,17 @@ def test_forward_hooks_and_backward():
     x = Tensor(np.array([[1.0, 2.0, -1.0]]))
     fc(x).sum().backward()
     np.testing.assert_allclose(fc.weight.grad, 3.0 * x.data)
+
+
+@pytest.mark.parametrize("dtype", [np.complex64, np.bool_, "U8", object])
+def test_load_state_dict_refuses_values_that_are_not_real_numbers(dtype):
+    """Complex, bool, string and object arrays were cast silently (or failed inside NumPy)."""
+    net = Net()
+    state = net.state_dict()
+    bad = dict(state)
+    bad["fc.weight"] = np.ones(state["fc.weight"].shape).astype(dtype)
+    with pytest.raises(ValueError, match="not real numbers: " + re.escape("fc.weight")):
+        net.load_state_dict(bad)
+    with pytest.raises(ValueError, match="not real numbers"):
+        net.load_state_dict(bad, strict=False)
+    np.testing.assert_array_equal(host(net.fc.weight.data), state["fc.weight"])

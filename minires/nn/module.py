@@ -240,16 +240,23 @@ class Module:
                         targets[f"{name}.{k}" if name else k] = (m, registry, k)
         missing = [k for k in targets if k not in state]
         unexpected = [k for k in state if k not in targets]
-        mismatched = []
+        mismatched, wrong_kind = [], []
         for key, (m, registry, k) in targets.items():
             if key in state:
                 current = registry[k].data if isinstance(registry[k], Parameter) else registry[k]
                 shape = tuple(numpy.shape(state[key]))
                 if shape != tuple(current.shape):
                     mismatched.append(f"{key}: checkpoint {shape} vs model {tuple(current.shape)}")
+                # Casting complex, bool, string or object arrays to the model's dtype would drop
+                # information silently (or fail deep inside NumPy): only real numbers load.
+                dtype = state[key].dtype if hasattr(state[key], "dtype") else numpy.asarray(state[key]).dtype
+                if dtype.kind not in "fiu":
+                    wrong_kind.append(f"{key}: {dtype}")
         problems = []
         if mismatched:
             problems.append("shape mismatch for " + "; ".join(mismatched))
+        if wrong_kind:
+            problems.append("not real numbers: " + "; ".join(wrong_kind))
         if strict and missing:
             problems.append("missing keys: " + ", ".join(missing))
         if strict and unexpected:
