@@ -145,3 +145,18 @@ def test_threaded_batch_norm_and_relu_match_one_thread(pool, op):
         assert gradcheck(lambda x, g, b: F.batch_norm(x, g, b, training=True), inputs)
     else:
         assert gradcheck(F.relu, [Tensor(x0, requires_grad=True)])
+
+
+@pytest.mark.parametrize("n, bytes_per_image, n_threads", [(128, 9 * 64 * 64 * 4, 2), (7, 1 << 20, 3), (5, 1 << 20, 2),
+                                                             (1, 1 << 22, 2), (64, 100, 2), (9, 1 << 21, 1)])
+def test_batch_parts_cover_the_batch_in_even_cache_sized_slices(pool, n, bytes_per_image, n_threads):
+    threads.set_num_threads(n_threads)
+    parts = threads.batch_parts(np, n, bytes_per_image)
+    assert len(parts) == min(n_threads, n)
+    rows = [i for part in parts for s in part for i in range(s.start, s.stop)]
+    assert rows == list(range(n))  # every image once, in order, each share contiguous
+    per_slice = max(1, threads.CHUNK_BYTES // bytes_per_image)
+    for part in parts:  # as few slices as fit the cache, of sizes differing by at most 1
+        sizes = [s.stop - s.start for s in part]
+        assert max(sizes) <= per_slice and max(sizes) - min(sizes) <= 1
+        assert len(part) == -(-sum(sizes) // per_slice)

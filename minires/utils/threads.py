@@ -116,9 +116,13 @@ def batch_parts(xp, n, bytes_per_image):
     if xp is not numpy:
         return [[slice(0, n)]]
     k = parallel(n) if n * bytes_per_image >= PARALLEL_MIN_BYTES else 1
-    bounds = [n * i // k for i in range(k + 1)]
-    nb = max(1, CHUNK_BYTES // max(1, bytes_per_image))
-    return [[slice(r, min(r + nb, end)) for r in range(start, end, nb)] for start, end in zip(bounds, bounds[1:])]
+    per_slice = max(1, CHUNK_BYTES // max(1, bytes_per_image))
+    parts = []
+    for t in range(k):
+        start, end = n * t // k, n * (t + 1) // k
+        m = -(-(end - start) // per_slice)  # slices in this share, all of about the same size
+        parts.append([slice(start + (end - start) * i // m, start + (end - start) * (i + 1) // m) for i in range(m)])
+    return parts
 
 
 def run(fn, parts):
