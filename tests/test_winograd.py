@@ -68,6 +68,7 @@ def test_conv2d_takes_winograd_only_where_enabled_and_wide_enough(monkeypatch):
             y = conv.conv2d(Tensor(x), Tensor(W), padding=1)
         return y.data, {op for op, *_ in prof.rows()}
 
+    monkeypatch.setattr(conv, "WINOGRAD", True)
     monkeypatch.setattr(conv, "WINOGRAD_MIN_CHANNELS", 8)
     y_wino, ops = run()
     assert ops == {"Conv2dWinogradFunction"}

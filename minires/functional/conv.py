@@ -18,10 +18,11 @@ from ..utils.conv import col2im, im2col, output_size, pair, workspace
 from .winograd import Conv2dWinogradFunction
 
 # Winograd F(2x2, 3x3) (functional/winograd.py) for 3x3 stride-1 convolutions with at least
-# WINOGRAD_MIN_CHANNELS input and output channels, on NumPy. Measured on a 2-core CPU it wins
-# from 256 channels (ResNet-18's last stages) and loses below, where its transforms cost more
-# than the multiplications it saves (benchmarks/RESULTS.md). WINOGRAD = False: always im2col.
-WINOGRAD = True
+# WINOGRAD_MIN_CHANNELS input and output channels, on NumPy, when WINOGRAD is True. Off: on the
+# 2-core CPU of benchmarks/RESULTS.md it lost to im2col at every ResNet shape once both run on
+# the thread pool (its transforms cost more than the 2.25x multiplications it saves); it won
+# 15-20% from 256 channels only against single-threaded im2col.
+WINOGRAD = False
 WINOGRAD_MIN_CHANNELS = 256
 
 
