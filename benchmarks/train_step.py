@@ -250,37 +250,18 @@ def _summarise(timed, max_other):
     """Median seconds over the steps that ran with less than ``max_other`` cores of other load.
 
     Returns (median, clean steps, all steps, median other load, max other load); when fewer
-    than 3 steps were clean, the median of all steps is given (and the caller warns).
+    than 3 steps (or fewer than all, if there were less than 3) were clean, the median of all
+    steps is given (and the caller warns).
     """
     others = [o for _, o in timed if o is not None]
     clean = [t for t, o in timed if o is None or o < max_other]
-    use = clean if len(clean) >= 3 else [t for t, _ in timed]
+    use = clean if _enough(len(clean), len(timed)) else [t for t, _ in timed]
     return (float(numpy.median(use)), len(clean), len(timed),
             float(numpy.median(others)) if others else None, max(others) if others else None)
 
 
-def _status_mb(field):
-    """A memory figure of this process from /proc/self/status (Linux), in MB."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024  # kB
-    raise RuntimeError(f"no {field} in /proc/self/status")
-
-
-def _memory_child(args, framework):
-    """Run in a subprocess: peak RSS growth over 3 training steps, in MB."""
-    if framework == "torch":
-        train, _ = _torch_setup(args, None)
-    else:
-        model, x, y, opt = _minires_setup(args)
-        train, _ = _minires_fns(model, x, y, opt, args.backend)
-    base = _status_mb("VmRSS")
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # reset the peak (VmHWM) to the current size, so set-up transients do not count
-    for _ in range(3):
-        train()
-    print(json.dumps({"peak_mb": _status_mb("VmHWM") - base}))
+def _enough(clean, total):
+    return clean >= min(3, total)
 
 
 def _model_args(args):
@@ -366,7 +347,7 @@ def main(argv=None):
             if other_med is not None:
                 notes.append(f"{name}: {clean}/{total} steps clean, other load median {other_med:.2f} "
                              f"max {other_max:.2f} cores")
-            if clean < 3:
+            if not _enough(clean, total):
                 notes.append(f"WARNING: too few undisturbed {name} steps; median of all {total}")
         if "torch" in frameworks:
             ratio = summary[f"minires_{phase}_img_s"] / summary[f"torch_{phase}_img_s"]
