@@ -264,6 +264,30 @@ def _enough(clean, total):
     return clean >= min(3, total)
 
 
+def _status_mb(field):
+    """A memory figure of this process from /proc/self/status (Linux), in MB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024  # kB
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def _memory_child(args, framework):
+    """Run in a subprocess: peak RSS growth over 3 training steps, in MB."""
+    if framework == "torch":
+        train, _ = _torch_setup(args, None)
+    else:
+        model, x, y, opt = _minires_setup(args)
+        train, _ = _minires_fns(model, x, y, opt, args.backend)
+    base = _status_mb("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the peak (VmHWM) to the current size, so set-up transients do not count
+    for _ in range(3):
+        train()
+    print(json.dumps({"peak_mb": _status_mb("VmHWM") - base}))
+
+
 def _model_args(args):
     """The command-line flags that rebuild the same model and batch in a subprocess."""
     return (["--model", args.model, "--batch-size", str(args.batch_size), "--backend", args.backend,
@@ -274,6 +298,8 @@ def _measure_memory(args, framework):
     cmd = [sys.executable, "-m", "benchmarks.train_step", "--memory-child", framework] + _model_args(args)
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=_ROOT)
     if out.returncode != 0:
+        last = (out.stderr.strip().splitlines() or ["no output"])[-1]
+        print(f"peak memory of {framework} not measured: {last}", file=sys.stderr)
         return None
     return json.loads(out.stdout.strip().splitlines()[-1])["peak_mb"]
 
