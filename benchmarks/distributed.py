@@ -144,11 +144,13 @@ def main(argv=None):
     if args.sync_bn:
         configs.append((f"{args.ranks} ranks x {args.threads} thread(s), SyncBN", args.ranks, args.threads, True))
     runs = {name: {"steps": [], "reduces": [], "alone": []} for name, *_ in configs}
-    other = []
+    other, blocks = [], []
     for _ in range(args.repeats):
         for name, ranks, threads, sync_bn in configs:
             result = run_config(args, ranks, threads, sync_bn)
             other.append(result.get("other"))
+            blocks.append({"config": name, "other_cores": result.get("other"),
+                           "median_step_s": float(numpy.median(result["steps"]))})
             runs[name]["steps"] += result["steps"]
             if ranks > 1:
                 runs[name]["reduces"] += result["reduces"]
@@ -156,7 +158,7 @@ def main(argv=None):
     seen = ", ".join("n/a" if v is None else f"{v:.2f}" for v in other)
     print(f"{args.model}, total batch {args.batch_size}, float32, NumPy, {os.cpu_count()} cores; median of "
           f"{args.steps} x {args.repeats} steps; cores used by other processes during each block: {seen}")
-    summary = {"args": vars(args), "other_cores": other, "cpus": os.cpu_count(), "numpy": numpy.__version__}
+    summary = {"args": vars(args), "blocks": blocks, "cpus": os.cpu_count(), "numpy": numpy.__version__}
     base = None
     for name, *_ in configs:
         step = float(numpy.median(runs[name]["steps"]))
