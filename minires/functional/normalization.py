@@ -8,21 +8,30 @@ def _axes(x):
     return (0,) if x.ndim == 2 else (0, 2, 3)
 
 
-def _per_channel(v, x):
+def per_channel(v, x):
     """(C,) -> a shape that broadcasts against x's channel axis: (1, C) or (1, C, 1, 1)."""
     return v.reshape((1, -1) + (1,) * (x.ndim - 2))
 
 
-def _channel_sum(a):
+def channel_sum(a):
     """Sum over every axis but the channel axis 1: (N, C[, H, W]) -> (C,)."""
     return a.sum(axis=_axes(a))
 
 
-def _channel_dot(a, b):
+def channel_dot(a, b):
     """sum over (N, H, W) of a * b, per channel, in one pass without a temporary."""
     xp = backend.get_array_module(a)
     n, c = a.shape[:2]
     return xp.einsum("nci,nci->c", a.reshape(n, c, -1), b.reshape(n, c, -1))
+
+
+def update_running_stats(running_mean, running_var, mean, var, m, momentum):
+    """In place: running = (1 - momentum) running + momentum batch, over M = ``m`` values per
+    channel, with the unbiased variance var * M / (M - 1) for running_var (as PyTorch)."""
+    running_mean *= 1 - momentum
+    running_mean += momentum * mean.astype(running_mean.dtype)
+    running_var *= 1 - momentum
+    running_var += (momentum * m / max(m - 1, 1)) * var.astype(running_var.dtype)
 
 
 class BatchNormTrainFunction(Function):
@@ -51,16 +60,16 @@ class BatchNormTrainFunction(Function):
         m = x.size // x.shape[1]
         # 1/M as a Python float: NumPy 1.x promotes float32 / int above 65535 to float64
         inv_m = 1.0 / m
-        mean = threads.over_batch(lambda r: _channel_sum(x[r]), x) * inv_m
+        mean = threads.over_batch(lambda r: channel_sum(x[r]), x) * inv_m
         xc = xp.empty_like(x)
 
         def center(r):
-            xp.subtract(x[r], _per_channel(mean, x), out=xc[r])
-            return _channel_dot(xc[r], xc[r])  # while xc[r] is in cache
+            xp.subtract(x[r], per_channel(mean, x), out=xc[r])
+            return channel_dot(xc[r], xc[r])  # while xc[r] is in cache
 
         var = threads.over_batch(center, x) * inv_m
         inv_std = 1.0 / xp.sqrt(var + self.eps)
-        scale, shift = _per_channel(gamma * inv_std, x), _per_channel(beta, x)
+        scale, shift = per_channel(gamma * inv_std, x), per_channel(beta, x)
         y = xp.empty_like(x)
 
         def affine(r):
@@ -69,11 +78,7 @@ class BatchNormTrainFunction(Function):
 
         threads.over_batch(affine, x)
         if self.running_mean is not None:
-            mom = self.momentum
-            self.running_mean *= 1 - mom
-            self.running_mean += mom * mean.astype(self.running_mean.dtype)
-            self.running_var *= 1 - mom
-            self.running_var += (mom * m / max(m - 1, 1)) * var.astype(self.running_var.dtype)
+            update_running_stats(self.running_mean, self.running_var, mean, var, m, self.momentum)
         self.running_mean = self.running_var = None
         if any(self.needs_input_grad):
             self.xc, self.inv_std, self.gamma = xc, inv_std, gamma
@@ -84,16 +89,16 @@ class BatchNormTrainFunction(Function):
         xc, inv_std, gamma = self.xc, self.inv_std, self.gamma
         inv_m = 1.0 / (gy.size // gy.shape[1])  # a float, as in forward
         # (2, C): sum(gy) and sum(gy * xc) per channel, in one pass over gy
-        sums = threads.over_batch(lambda r: xp.stack([_channel_sum(gy[r]), _channel_dot(gy[r], xc[r])]), gy)
+        sums = threads.over_batch(lambda r: xp.stack([channel_sum(gy[r]), channel_dot(gy[r], xc[r])]), gy)
         gbeta, ggamma = sums[0], sums[1] * inv_std
         gx = None
         if self.needs_input_grad[0]:
             # gx = a * gy + c * xc + b, per channel, with a = gamma * inv_std,
             # c = -a * inv_std * ggamma / M, b = -a * gbeta / M
             a = gamma * inv_std
-            ca = _per_channel(a, gy)
-            cc = _per_channel(-a * inv_std * ggamma * inv_m, gy)
-            cb = _per_channel(-a * gbeta * inv_m, gy)
+            ca = per_channel(a, gy)
+            cc = per_channel(-a * inv_std * ggamma * inv_m, gy)
+            cb = per_channel(-a * gbeta * inv_m, gy)
             gx = xp.empty_like(gy)
 
             def combine(r):
@@ -121,8 +126,8 @@ class BatchNormEvalFunction(Function):
         inv_std = 1.0 / xp.sqrt(self.running_var.astype(x.dtype) + self.eps)
         scale = gamma * inv_std
         shift = beta - self.running_mean.astype(x.dtype) * scale
-        y = x * _per_channel(scale, x)
-        y += _per_channel(shift, x)
+        y = x * per_channel(scale, x)
+        y += per_channel(shift, x)
         if any(self.needs_input_grad):
             self.x, self.scale, self.inv_std = x, scale, inv_std
         return y
@@ -132,9 +137,9 @@ class BatchNormEvalFunction(Function):
         gbeta = gy.sum(axis=axes)
         ggamma = None
         if self.needs_input_grad[1]:
-            xhat = (self.x - _per_channel(self.running_mean.astype(gy.dtype), gy)) * _per_channel(self.inv_std, gy)
+            xhat = (self.x - per_channel(self.running_mean.astype(gy.dtype), gy)) * per_channel(self.inv_std, gy)
             ggamma = (gy * xhat).sum(axis=axes)
-        gx = gy * _per_channel(self.scale, gy) if self.needs_input_grad[0] else None
+        gx = gy * per_channel(self.scale, gy) if self.needs_input_grad[0] else None
         return gx, ggamma, gbeta
 
 

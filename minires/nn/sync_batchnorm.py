@@ -7,7 +7,7 @@ process with batch B computes, forward and backward.
 """
 from .. import backend
 from ..autograd import Function
-from ..functional.normalization import _channel_dot, _channel_sum, _per_channel, batch_norm
+from ..functional.normalization import batch_norm, channel_dot, channel_sum, per_channel, update_running_stats
 from .layers import BatchNorm1d, BatchNorm2d, _BatchNorm
 
 
@@ -41,24 +41,20 @@ class SyncBatchNormFunction(Function):
         # The statistics travel in float64 whatever x's dtype: C + 1 numbers, and sums of
         # float32 over many ranks keep their digits.
         stats = xp.empty(c + 1, xp.float64)
-        stats[:c] = _channel_sum(x)
+        stats[:c] = channel_sum(x)
         stats[c] = m_local
         self.comm.allreduce(stats)
         m = int(stats[c])
         mean = (stats[:c] / m).astype(x.dtype)
-        xc = x - _per_channel(mean, x)
-        sq = _channel_dot(xc, xc).astype(xp.float64)
+        xc = x - per_channel(mean, x)
+        sq = channel_dot(xc, xc).astype(xp.float64)
         self.comm.allreduce(sq)
         var = (sq / m).astype(x.dtype)
         inv_std = 1.0 / xp.sqrt(var + self.eps)
-        y = xc * _per_channel(gamma * inv_std, x)
-        y += _per_channel(beta, x)
+        y = xc * per_channel(gamma * inv_std, x)
+        y += per_channel(beta, x)
         if self.running_mean is not None:
-            mom = self.momentum
-            self.running_mean *= 1 - mom
-            self.running_mean += mom * mean.astype(self.running_mean.dtype)
-            self.running_var *= 1 - mom
-            self.running_var += (mom * m / max(m - 1, 1)) * var.astype(self.running_var.dtype)
+            update_running_stats(self.running_mean, self.running_var, mean, var, m, self.momentum)
         self.running_mean = self.running_var = None
         if any(self.needs_input_grad):
             self.xc, self.inv_std, self.gamma, self.m, self.m_local = xc, inv_std, gamma, m, m_local
@@ -68,8 +64,8 @@ class SyncBatchNormFunction(Function):
         xp = backend.get_array_module(gy)
         xc, inv_std, gamma, m_local = self.xc, self.inv_std, self.gamma, self.m_local
         c = gy.shape[1]
-        gbeta = _channel_sum(gy)
-        ggamma = _channel_dot(gy, xc) * inv_std
+        gbeta = channel_sum(gy)
+        ggamma = channel_dot(gy, xc) * inv_std
         gx = None
         if self.needs_input_grad[0]:
             w = m_local / self.m
@@ -82,9 +78,9 @@ class SyncBatchNormFunction(Function):
             # gx = a * gy + k * xc + b per channel, with a = gamma * inv_std,
             # k = -a * inv_std * ggamma_all / M_r, b = -a * gbeta_all / M_r
             a = gamma * inv_std
-            gx = gy * _per_channel(a, gy)
-            t = xc * _per_channel(-a * inv_std * ggamma_all / m_local, gy)
-            t += _per_channel(-a * gbeta_all / m_local, gy)
+            gx = gy * per_channel(a, gy)
+            t = xc * per_channel(-a * inv_std * ggamma_all / m_local, gy)
+            t += per_channel(-a * gbeta_all / m_local, gy)
             gx += t
         return gx, ggamma, gbeta
 
