@@ -255,20 +255,24 @@ def _topological_order(root):
 
     An explicit stack instead of recursion: a ResNet-152 graph is deeper than Python's limit.
     """
-    order, seen, stack = [], {id(root)}, [(root, False)]
+    # A function is marked when it is expanded, not when it is pushed: marked at push, a producer
+    # reached first through a long path could be finished before a consumer met later (x + f(x)).
+    order, visited, stack = [], set(), [(root, False)]
     while stack:
         f, expanded = stack.pop()
         if expanded:
             order.append(f)
             continue
+        if id(f) in visited:
+            continue
+        visited.add(id(f))
         stack.append((f, True))
         if "inputs" not in f.__dict__:
             raise RuntimeError("this graph was freed by an earlier backward(); recompute the forward pass "
                                "to back-propagate again")
         for x in f.inputs:
             c = x.creator
-            if c is not None and id(c) not in seen:
-                seen.add(id(c))
+            if c is not None and id(c) not in visited:
                 stack.append((c, False))
     order.reverse()  # post-order puts producers first; backward wants consumers first
     return order

@@ -550,3 +550,19 @@ def test_function_hooks_nest_run_in_order_and_are_removed_on_error():
     hook.remove()
     with pytest.raises(RuntimeError, match="not active"):
         hook.remove()
+
+
+@pytest.mark.parametrize("expr", [lambda A: A + A * A, lambda A: A * A + A, lambda A: A + (A * A + A) * A])
+def test_backward_orders_a_producer_before_every_consumer(expr):
+    """An op whose first input is an ancestor of its second (A + A*A) once crashed backward: the
+    producer of A was ordered after one of its consumers."""
+    a = Tensor(np.array(2.0), requires_grad=True)
+    expr(a * 3.0).backward()
+    eps = 1e-6
+    numeric = (expr(Tensor(np.array(6.0 + 3 * eps))).data - expr(Tensor(np.array(6.0 - 3 * eps))).data) / (2 * eps)
+    np.testing.assert_allclose(a.grad, numeric, rtol=1e-6)
+
+
+def test_gradcheck_x_plus_relu_of_x():
+    x = Tensor(np.random.default_rng(0).standard_normal((3, 4)) + 0.5, requires_grad=True)
+    gradcheck(lambda x: (lambda h: h + F.relu(h * 2.0))(x * 1.5), [x])  # h computed: h + f(h)
