@@ -194,16 +194,9 @@ def run_job(n, case, out, arg="", timeout=120, env=None):
     and fails the test if it outlives ``timeout``."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", **(env or {})}
     cmd = [MPIEXEC, "-n", str(n), sys.executable, WORKER, case, str(out)] + ([str(arg)] if arg else [])
-    start = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                             start_new_session=True)
-    try:
-        output, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        output, _ = proc.communicate()
-        pytest.fail(f"mpiexec -n {n} {case} still running after {timeout} s:\n{output[-3000:]}")
-    return proc.returncode, output, time.monotonic() - start
+    return finish(proc, timeout)
 
 
 def run_ok(n, case, out, arg=""):
