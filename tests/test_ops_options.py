@@ -435,6 +435,26 @@ def test_nll_loss_gradcheck_and_two_step_form(backend, mode, case):
     assert gradcheck(lambda t: F.nll_loss(F.log_softmax(t, 1), lab, **kw), [x], mode=mode)
 
 
+def test_cross_entropy_denominators_when_everything_combines():
+    """PyTorch's mean with weight, smoothing and ignore_index together, found by experiment:
+    sum over counted rows of [(1 - eps) w[y] nll + (eps / K) sum_k w[k] (-logp[k])], divided by
+    sum over counted rows of w[y]; neither the smoothing term's weights nor N enter the divisor."""
+    torch = torch_or_skip()
+    rng = np.random.default_rng(15)
+    z0, w = rng.standard_normal((6, 4)), np.array([0.5, 2.0, 1.0, 3.0])
+    labels, eps = np.array([0, 3, -100, 1, 2, 3]), 0.25  # 0.25: PyTorch holds label_smoothing in float32
+    logp = z0 - np.log(np.exp(z0).sum(axis=1, keepdims=True))
+    rows = labels != -100
+    per_row = (1 - eps) * w[labels[rows]] * -logp[rows, labels[rows]] + eps / 4 * -(logp[rows] * w).sum(axis=1)
+    expected = per_row.sum() / w[labels[rows]].sum()
+    loss = F.cross_entropy(Tensor(z0), labels, eps, weight=w)
+    assert loss.item() == pytest.approx(expected, rel=1e-13)
+    torch_loss = torch.nn.functional.cross_entropy(torch.tensor(z0), torch.tensor(labels), weight=torch.tensor(w),
+                                                   label_smoothing=eps)
+    assert torch_loss.item() == pytest.approx(expected, rel=1e-13)
+    assert expected != pytest.approx(per_row.sum() / rows.sum(), rel=1e-3)  # the weighted divisor matters here
+
+
 def test_all_ignored_mean_is_nan_with_zero_gradient(backend):
     x = leaf(backend, np.random.default_rng(4).standard_normal((3, 4)))
     labels = np.full(3, -100)
@@ -587,6 +607,7 @@ def test_dropout_is_seeded_by_manual_seed_and_same_on_every_backend(backend):
     np.testing.assert_array_equal(host(F.dropout(x, 0.5, rng=7)) != 0, expected)
     layer = nn.Dropout(0.5, seed=11)
     first = host(layer(x))
+    assert (first == 0).any() and (first == 2).any()
     np.testing.assert_array_equal(host(nn.Dropout(0.5, seed=11)(x)), first)
     assert repr(layer) == "Dropout(p=0.5)"
 
