@@ -124,7 +124,8 @@ class MaxPool2d(Module):
         s = f"kernel_size={self.kernel_size}, stride={self.stride or self.kernel_size}, padding={self.padding}"
         if self.dilation != 1:
             s += f", dilation={self.dilation}"
-        return s + (", ceil_mode=True" if self.ceil_mode else "") + (", return_indices=True" if self.return_indices else "")
+        return s + (", ceil_mode=True" if self.ceil_mode else "") + (
+            ", return_indices=True" if self.return_indices else "")
 
 
 class AvgPool2d(Module):
