@@ -11,12 +11,17 @@ one or two standard ONNX operators, by the rule registered for its class in ``RU
     Conv2dFunction (and ...Winograd)  Conv
     BatchNormEvalFunction             BatchNormalization (the running statistics)
     ReLUFunction                      Relu
-    MaxPool2dFunction, AvgPool2d...   MaxPool, AveragePool (count_include_pad=1, as minires pads)
+    LeakyReLU/Sigmoid/TanhFunction    LeakyRelu, Sigmoid, Tanh
+    (Log)SoftmaxFunction              Softmax, LogSoftmax (axis)
+    MaxPool2dFunction, AvgPool2d...   MaxPool (dilations, ceil_mode), AveragePool (ceil_mode,
+                                      count_include_pad)
     GlobalAvgPool2dFunction           GlobalAveragePool + Flatten
     LinearFunction                    Gemm (transB=1)
     Add, Sub, Mul, Div                Add, Sub, Mul, Div
     Reshape (flatten)                 Flatten, or Reshape with the batch dimension copied
     PadChannelsFunction (option A)    Slice (every stride-th pixel) + Pad (zero channels)
+
+Dropout records nothing in eval mode (it is the identity there), so it exports as nothing.
 
 Parameters and running statistics become initializers named by their state-dict keys
 (``layer1.0.conv1.weight``), and nodes are named after the module that owns their weights, so
@@ -26,10 +31,11 @@ dynamic (``N``). A Function without a rule raises ``UnsupportedOperatorError`` n
 import numpy
 
 from . import autograd, backend, tracing
-from .functional.activation import ReLUFunction
+from .functional.activation import LeakyReLUFunction, ReLUFunction, SigmoidFunction, TanhFunction
 from .functional.conv import Conv2dFunction, Conv2dSimpleFunction
 from .functional.winograd import Conv2dWinogradFunction
 from .functional.linear import LinearFunction
+from .functional.loss import LogSoftmaxFunction, SoftmaxFunction
 from .functional.normalization import BatchNormEvalFunction
 from .functional.pooling import AvgPool2dFunction, GlobalAvgPool2dFunction, MaxPool2dFunction
 from .functional.residual import PadChannelsFunction
@@ -125,14 +131,25 @@ def _relu(b, f, xs):
     return b.node("Relu", xs, "relu")
 
 
+def _leaky_relu(b, f, xs):
+    return b.node("LeakyRelu", xs, "leakyrelu", alpha=f.negative_slope)
+
+
+def _softmax(op):
+    def rule(b, f, xs):
+        return b.node(op, xs, op.lower(), axis=f.dim)
+    return rule
+
+
 def _max_pool(b, f, xs):
     return b.node("MaxPool", xs, "maxpool", kernel_shape=[f.kh, f.kw], strides=[f.sy, f.sx],
-                  pads=[f.ph, f.pw, f.ph, f.pw])
+                  pads=[f.ph, f.pw, f.ph, f.pw], dilations=[f.dy, f.dx], ceil_mode=int(f.ceil_mode))
 
 
 def _avg_pool(b, f, xs):
     return b.node("AveragePool", xs, "avgpool", kernel_shape=[f.kh, f.kw], strides=[f.sy, f.sx],
-                  pads=[f.ph, f.pw, f.ph, f.pw], count_include_pad=1)
+                  pads=[f.ph, f.pw, f.ph, f.pw], count_include_pad=int(f.count_include_pad),
+                  ceil_mode=int(f.ceil_mode))
 
 
 def _global_avg_pool(b, f, xs):
@@ -183,6 +200,11 @@ RULES = {
     Conv2dWinogradFunction: _conv,
     BatchNormEvalFunction: _batch_norm,
     ReLUFunction: _relu,
+    LeakyReLUFunction: _leaky_relu,
+    SigmoidFunction: _elementwise("Sigmoid"),
+    TanhFunction: _elementwise("Tanh"),
+    SoftmaxFunction: _softmax("Softmax"),
+    LogSoftmaxFunction: _softmax("LogSoftmax"),
     MaxPool2dFunction: _max_pool,
     AvgPool2dFunction: _avg_pool,
     GlobalAvgPool2dFunction: _global_avg_pool,

@@ -1,6 +1,9 @@
-"""Element-wise non-linearities."""
+"""Element-wise non-linearities (ReLU, leaky ReLU, sigmoid, tanh) and dropout."""
+import numpy
+
 from .. import backend
 from ..autograd import Function
+from ..nn import init
 from ..utils import threads
 
 
@@ -42,3 +45,111 @@ class ReLUFunction(Function):
 def relu(x):
     """Rectified linear unit, element-wise: max(x, 0)."""
     return ReLUFunction()(x)
+
+
+class SigmoidFunction(Function):
+    """y = 1 / (1 + exp(-x)); gx = gy * y * (1 - y).
+
+    Computed from e = exp(-|x|) <= 1 as 1 / (1 + e) for x >= 0 and e / (1 + e) for x < 0, so
+    no exp overflows for large |x|.
+    """
+
+    def forward(self, x):
+        xp = backend.get_array_module(x)
+        e = xp.exp(-xp.abs(x))
+        y = 1 / (1 + e)  # x's dtype: Python numbers do not promote
+        y = xp.where(x >= 0, y, e * y)
+        if self.needs_input_grad[0]:
+            self.y = y
+        return y
+
+    def backward(self, gy):
+        y = self.y
+        return gy * y * (1 - y)
+
+
+class TanhFunction(Function):
+    """y = tanh(x); gx = gy * (1 - y^2)."""
+
+    def forward(self, x):
+        y = backend.get_array_module(x).tanh(x)
+        if self.needs_input_grad[0]:
+            self.y = y
+        return y
+
+    def backward(self, gy):
+        y = self.y
+        return gy * (1 - y * y)
+
+
+class LeakyReLUFunction(Function):
+    """y = x where x > 0, else negative_slope * x; gx = gy where x > 0, else negative_slope * gy
+    (the slope is taken at x = 0, as in PyTorch)."""
+
+    def __init__(self, negative_slope):
+        self.negative_slope = negative_slope
+
+    def forward(self, x):
+        xp = backend.get_array_module(x)
+        positive = x > 0
+        if self.needs_input_grad[0]:
+            self.positive = positive
+        return xp.where(positive, x, x * self.negative_slope)
+
+    def backward(self, gy):
+        xp = backend.get_array_module(gy)
+        return xp.where(self.positive, gy, gy * self.negative_slope)
+
+
+class DropoutFunction(Function):
+    """Inverted dropout: y = x * mask / (1 - p), mask[i] = 1 with probability 1 - p, else 0;
+    gx = gy * mask / (1 - p). The scaling keeps E[y] = x, so evaluation needs no rescaling.
+
+    ``keep`` is the boolean mask, drawn by ``dropout`` (on the host, so that a seed gives the
+    same mask on every backend).
+    """
+
+    def __init__(self, keep, p):
+        self.keep, self.scale = keep, (1.0 / (1.0 - p) if p < 1 else 0.0)
+
+    def forward(self, x):
+        y = x * self.keep
+        y *= self.scale  # a Python float: x's dtype is kept
+        return y
+
+    def backward(self, gy):
+        gx = gy * self.keep
+        gx *= self.scale
+        return gx
+
+
+def sigmoid(x):
+    """Logistic sigmoid, element-wise: 1 / (1 + exp(-x))."""
+    return SigmoidFunction()(x)
+
+
+def tanh(x):
+    """Hyperbolic tangent, element-wise."""
+    return TanhFunction()(x)
+
+
+def leaky_relu(x, negative_slope=0.01):
+    """x where x > 0, else negative_slope * x, element-wise."""
+    return LeakyReLUFunction(float(negative_slope))(x)
+
+
+def dropout(x, p=0.5, training=True, rng=None):
+    """Zero each element with probability ``p`` and scale the rest by 1 / (1 - p) while
+    ``training``; the identity when not training or p = 0 (``nn.Dropout`` passes its mode).
+
+    ``rng`` is a ``numpy.random.Generator`` or an int seed; by default the generator that
+    ``minires.manual_seed`` seeds (``nn.init``), so a seeded run draws the same masks again.
+    """
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout: p must lie in [0, 1], got {p}")
+    if not training or p == 0:
+        return x
+    rng = init.get_rng() if rng is None else numpy.random.default_rng(rng)
+    xp = backend.get_array_module(x)
+    keep = xp.asarray(rng.random(x.shape, dtype=numpy.float32) >= p)
+    return DropoutFunction(keep, float(p))(x)

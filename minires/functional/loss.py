@@ -1,60 +1,227 @@
-"""Softmax cross-entropy on integer class labels."""
+"""Softmax and log-softmax, and the losses on integer class labels: softmax cross-entropy and
+the negative log-likelihood of log-probabilities (``nll_loss(log_softmax(x), y)`` equals
+``cross_entropy(x, y)``).
+
+The losses take PyTorch's options: ``weight`` (one per class), ``ignore_index`` (a label whose
+rows count for nothing) and ``reduction``. With ``reduction="mean"`` the sum is divided by the
+total weight of the counted rows, sum_n w[labels[n]] (N without weights), as PyTorch does; a
+batch with nothing counted gives NaN and zero gradients, as there.
+"""
 import numpy
 
 from .. import backend
 from ..autograd import Function, Tensor
 
+REDUCTIONS = ("mean", "sum", "none")
 
-class CrossEntropyFunction(Function):
-    """loss = -(1/N) sum_n sum_k t[n, k] log softmax(x)[n, k],
-    t = (1 - eps) onehot(labels) + eps / K  (label smoothing eps).
 
-    log softmax is computed as x - max - log sum exp(x - max), stable for large logits.
-    gx = gy * (softmax(x) - t) / N.
+def _log_softmax(x, axis):
+    """x - max - log sum exp(x - max) along ``axis``: stable for large logits."""
+    xp = backend.get_array_module(x)
+    z = x - x.max(axis=axis, keepdims=True)
+    return z - xp.log(xp.exp(z).sum(axis=axis, keepdims=True))
+
+
+class SoftmaxFunction(Function):
+    """y = exp(x) / sum exp(x) along ``dim`` (computed from x - max, so exp never overflows);
+    gx = y * (gy - sum(gy * y)) along ``dim``."""
+
+    def __init__(self, dim):
+        self.dim = dim
+
+    def forward(self, x):
+        xp = backend.get_array_module(x)
+        y = xp.exp(x - x.max(axis=self.dim, keepdims=True))
+        y /= y.sum(axis=self.dim, keepdims=True)
+        if self.needs_input_grad[0]:
+            self.y = y
+        return y
+
+    def backward(self, gy):
+        y = self.y
+        return y * (gy - (gy * y).sum(axis=self.dim, keepdims=True))
+
+
+class LogSoftmaxFunction(Function):
+    """y = x - log sum exp(x) along ``dim`` (as x - max - log sum exp(x - max));
+    gx = gy - exp(y) * sum(gy) along ``dim``."""
+
+    def __init__(self, dim):
+        self.dim = dim
+
+    def forward(self, x):
+        y = _log_softmax(x, self.dim)
+        if self.needs_input_grad[0]:
+            self.y = y
+        return y
+
+    def backward(self, gy):
+        xp = backend.get_array_module(gy)
+        return gy - xp.exp(self.y) * gy.sum(axis=self.dim, keepdims=True)
+
+
+class _ClassLossFunction(Function):
+    """What the two losses share: which rows count, with what weight, and the reduction.
+
+    labels (N,) int64; weight (K,) or None; rows whose label is ``ignore_index`` count 0.
     """
 
-    def __init__(self, labels, label_smoothing=0.0):
-        self.labels, self.eps = labels, label_smoothing
+    def __init__(self, labels, weight=None, ignore_index=-100, reduction="mean"):
+        self.labels, self.weight, self.ignore_index, self.reduction = labels, weight, ignore_index, reduction
+
+    def targets(self, x):
+        """(target, counted, w_target), each (N,): the label (0 where ignored, so it can index),
+        1.0 or 0.0 whether the row counts, and its class weight (0 where ignored)."""
+        xp = backend.get_array_module(x)
+        valid = self.labels != self.ignore_index
+        target = xp.where(valid, self.labels, 0)
+        counted = valid.astype(x.dtype)
+        w_target = counted if self.weight is None else self.weight[target] * counted
+        return target, counted, w_target
+
+    def reduce(self, loss, w_target):
+        """loss (N,) -> the loss as ``reduction`` asks; keeps the mean's denominator for backward."""
+        if self.reduction == "none":
+            return loss
+        if self.reduction == "sum":
+            return loss.sum().reshape(())
+        self.denominator = w_target.sum()
+        with numpy.errstate(invalid="ignore", divide="ignore"):  # nothing counted: NaN, as in PyTorch
+            return (loss.sum() / self.denominator).reshape(())
+
+    def scale(self, gy):
+        """d(reduced loss) / d(loss[n]) times gy, shaped to multiply (N, K) row by row."""
+        xp = backend.get_array_module(gy)
+        if self.reduction == "none":
+            return gy.reshape(-1, 1)  # (N,) -> (N, 1)
+        if self.reduction == "sum":
+            return gy
+        d = self.denominator
+        return gy / xp.where(d == 0, 1, d)  # nothing counted: every row's term is 0, so is the gradient
+
+
+class CrossEntropyFunction(_ClassLossFunction):
+    """loss[n] = -sum_k t[n, k] log softmax(x)[n, k] for x (N, K), with the target weights
+    t[n, k] = (1 - eps) w[y_n] onehot(y_n)[k] + (eps / K) w[k]   (label smoothing eps; w = 1
+    without ``weight``; t[n] = 0 for a row labelled ``ignore_index``).
+
+    gx[n] = (sum_k t[n, k]) softmax(x)[n] - t[n], times d(reduced)/d(loss[n]): gy, or gy over
+    the mean's denominator sum_n w[y_n] (N when nothing is weighted or ignored, where
+    gx = gy (softmax(x) - t) / N).
+    """
+
+    def __init__(self, labels, label_smoothing=0.0, weight=None, ignore_index=-100, reduction="mean"):
+        super().__init__(labels, weight, ignore_index, reduction)
+        self.eps = label_smoothing
 
     def forward(self, x):
         xp = backend.get_array_module(x)
         n, k = x.shape
-        z = x - x.max(axis=1, keepdims=True)
-        logp = z - xp.log(xp.exp(z).sum(axis=1, keepdims=True))
-        rows = xp.arange(n)
-        nll = -logp[rows, self.labels]
-        loss = nll if self.eps == 0 else (1 - self.eps) * nll - self.eps * logp.mean(axis=1)
+        logp = _log_softmax(x, 1)
+        target, counted, w_target = self.targets(x)
+        loss = -(1 - self.eps) * w_target * logp[xp.arange(n), target]
+        if self.eps != 0:
+            smooth = logp.sum(axis=1) if self.weight is None else logp @ self.weight  # (N,)
+            loss -= (self.eps / k) * counted * smooth
         if self.needs_input_grad[0]:
-            self.logp = logp
-        return loss.mean().reshape(())
+            self.logp, self.target, self.counted, self.w_target = logp, target, counted, w_target
+        return self.reduce(loss, w_target)
 
     def backward(self, gy):
         xp = backend.get_array_module(self.logp)
         n, k = self.logp.shape
+        eps, counted = self.eps, self.counted
+        w_sum = k if self.weight is None else self.weight.sum()
+        t_sum = (1 - eps) * self.w_target + (eps / k) * w_sum * counted  # (N,): sum_k t[n, k]
         g = xp.exp(self.logp)
-        g -= self.eps / k
-        g[xp.arange(n), self.labels] -= 1 - self.eps
-        g *= gy / n
+        g *= t_sum.reshape(n, 1)
+        if eps != 0:
+            w = 1 if self.weight is None else self.weight.reshape(1, k)
+            g -= (eps / k) * counted.reshape(n, 1) * w
+        g[xp.arange(n), self.target] -= (1 - eps) * self.w_target
+        g *= self.scale(gy)
         return g
 
 
-def cross_entropy(logits, labels, label_smoothing=0.0):
-    """Mean softmax cross-entropy of ``logits`` (N, K) against integer ``labels`` (N,) in [0, K)."""
-    if logits.ndim != 2:
-        raise ValueError(f"cross_entropy expects logits of shape (N, K), got {tuple(logits.shape)}")
+class NLLLossFunction(_ClassLossFunction):
+    """loss[n] = -w[y_n] x[n, y_n] for log-probabilities x (N, K) (0 for a row labelled
+    ``ignore_index``); gx[n, y_n] = -w[y_n] times d(reduced)/d(loss[n]), 0 elsewhere."""
+
+    def forward(self, x):
+        xp = backend.get_array_module(x)
+        n, k = x.shape
+        target, _, w_target = self.targets(x)
+        loss = -w_target * x[xp.arange(n), target]
+        if self.needs_input_grad[0]:
+            self.shape, self.target, self.w_target = x.shape, target, w_target
+        return self.reduce(loss, w_target)
+
+    def backward(self, gy):
+        xp = backend.get_array_module(gy)
+        n = self.shape[0]
+        g = xp.zeros(self.shape, self.w_target.dtype)
+        g[xp.arange(n), self.target] = -self.w_target
+        g *= self.scale(gy)
+        return g
+
+
+def _dim(x, dim, name):
+    if not -x.ndim <= dim < x.ndim:
+        raise ValueError(f"{name}: dim {dim} is out of range for a tensor of shape {tuple(x.shape)}")
+    return dim % x.ndim
+
+
+def softmax(x, dim=-1):
+    """exp(x) / sum exp(x) along ``dim``: probabilities that sum to 1 (from logits)."""
+    return SoftmaxFunction(_dim(x, dim, "softmax"))(x)
+
+
+def log_softmax(x, dim=-1):
+    """log softmax(x) along ``dim``, computed stably: log-probabilities (for ``nll_loss``)."""
+    return LogSoftmaxFunction(_dim(x, dim, "log_softmax"))(x)
+
+
+def _class_loss_args(name, x, labels, weight, ignore_index, reduction):
+    """Checked labels (N,) int64 and weight (K,) of x's backend and dtype (or None)."""
+    if x.ndim != 2:
+        raise ValueError(f"{name} expects {'logits' if name == 'cross_entropy' else 'log_probs'} of shape (N, K), "
+                         f"got {tuple(x.shape)}")
     labels = labels.data if isinstance(labels, Tensor) else labels
-    xp = backend.get_array_module(logits)
+    xp = backend.get_array_module(x)
     labels = xp.asarray(labels)
-    n, k = logits.shape
+    n, k = x.shape
     if labels.shape != (n,):
-        raise ValueError(f"cross_entropy: labels must have shape ({n},) for logits {tuple(logits.shape)}, "
+        raise ValueError(f"{name}: labels must have shape ({n},) for input {tuple(x.shape)}, "
                          f"got {tuple(labels.shape)}")
     if labels.dtype.kind not in "iu":
-        raise ValueError(f"cross_entropy: labels must be integers, got dtype {labels.dtype}")
-    if n and (int(labels.min()) < 0 or int(labels.max()) >= k):
-        bad = backend.to_numpy(labels)
-        bad = bad[(bad < 0) | (bad >= k)]
-        raise ValueError(f"cross_entropy: labels must lie in [0, {k}), found {numpy.unique(bad)[:5].tolist()}")
+        raise ValueError(f"{name}: labels must be integers, got dtype {labels.dtype}")
+    outside = ((labels < 0) | (labels >= k)) & (labels != ignore_index)
+    if n and bool(outside.any()):
+        bad = backend.to_numpy(labels[outside])
+        raise ValueError(f"{name}: labels must lie in [0, {k}) or equal ignore_index ({ignore_index}), "
+                         f"found {numpy.unique(bad)[:5].tolist()}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"{name}: reduction must be one of {', '.join(REDUCTIONS)}, got {reduction!r}")
+    if weight is not None:
+        weight = xp.asarray(weight.data if isinstance(weight, Tensor) else weight, dtype=x.dtype)
+        if weight.shape != (k,):
+            raise ValueError(f"{name}: weight must have shape ({k},) (one per class), got {tuple(weight.shape)}")
+    return labels.astype(xp.int64, copy=False), weight
+
+
+def cross_entropy(logits, labels, label_smoothing=0.0, weight=None, ignore_index=-100, reduction="mean"):
+    """Softmax cross-entropy of ``logits`` (N, K) against integer ``labels`` (N,) in [0, K), as
+    ``torch.nn.functional.cross_entropy``: ``weight`` (K,) per class, rows labelled
+    ``ignore_index`` skipped, ``reduction`` "mean" (over the weight of the counted rows), "sum"
+    or "none" (the loss of each row, (N,))."""
+    labels, weight = _class_loss_args("cross_entropy", logits, labels, weight, ignore_index, reduction)
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"cross_entropy: label_smoothing must lie in [0, 1], got {label_smoothing}")
-    return CrossEntropyFunction(labels.astype(xp.int64, copy=False), label_smoothing)(logits)
+    return CrossEntropyFunction(labels, label_smoothing, weight, ignore_index, reduction)(logits)
+
+
+def nll_loss(log_probs, labels, weight=None, ignore_index=-100, reduction="mean"):
+    """Negative log-likelihood of ``log_probs`` (N, K) (e.g. ``log_softmax(logits)``) at integer
+    ``labels`` (N,), with ``cross_entropy``'s ``weight``, ``ignore_index`` and ``reduction``."""
+    labels, weight = _class_loss_args("nll_loss", log_probs, labels, weight, ignore_index, reduction)
+    return NLLLossFunction(labels, weight, ignore_index, reduction)(log_probs)

@@ -1,9 +1,10 @@
 """Stateful layers (``Module`` subclasses) that hold parameters and buffers."""
 from . import init
-from .layers import (AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, Flatten, GlobalAvgPool2d, Identity,
-                     Linear, MaxPool2d, ReLU, Sequential)
+from .layers import (AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, Dropout, Flatten, GlobalAvgPool2d, Identity,
+                     LeakyReLU, Linear, LogSoftmax, MaxPool2d, ReLU, Sequential, Sigmoid, Softmax, Tanh)
 from .module import Module, Parameter
 from .sync_batchnorm import SyncBatchNorm
 
 __all__ = ["init", "Module", "Parameter", "Sequential", "Conv2d", "BatchNorm2d", "BatchNorm1d", "ReLU",
-           "SyncBatchNorm", "MaxPool2d", "AvgPool2d", "GlobalAvgPool2d", "Linear", "Flatten", "Identity"]
+           "SyncBatchNorm", "MaxPool2d", "AvgPool2d", "GlobalAvgPool2d", "Linear", "Flatten", "Identity",
+           "Sigmoid", "Tanh", "LeakyReLU", "Dropout", "Softmax", "LogSoftmax"]
