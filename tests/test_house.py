@@ -67,3 +67,25 @@ def test_curves_of_one_epoch_draw_points(tmp_path, monkeypatch):
         assert all(line.get_marker() == "o" and len(line.get_xdata()) == 1 for line in ax.get_lines())
     assert axes[1].get_lines()[1].get_ydata()[0] == pytest.approx(35.0)
     assert (tmp_path / "curves.png").stat().st_size > 0
+
+
+def test_the_suite_says_why_tests_skipped(tmp_path):
+    """conftest's summary: one line per skip reason with its count and what would run them."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+    shutil.copy(Path(__file__).with_name("conftest.py"), tmp_path / "conftest.py")
+    (tmp_path / "test_x.py").write_text(
+        "import pytest\n"
+        "@pytest.mark.parametrize('i', range(3))\n"
+        "def test_a(i):\n    pytest.importorskip('torch_that_is_not_there')\n"
+        "def test_b():\n    pytest.skip('real CIFAR-10 not found')\n")
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
+                         capture_output=True, text=True, cwd=tmp_path)
+    lines = run.stdout.splitlines()
+    assert any("4 skipped, by reason" in line for line in lines), run.stdout
+    torch_line = next(line for line in lines if "torch_that_is_not_there" in line)
+    assert torch_line.split()[0] == "3" and "pip install torch" in torch_line
+    assert any(line.split()[0] == "1" and "../shared/data" in line for line in lines if "CIFAR-10" in line)
+    assert lines[-1].startswith("4 skipped")  # the runner's closing line stays the last one
