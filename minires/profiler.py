@@ -78,13 +78,15 @@ class Profiler(autograd.FunctionHook):
         return [(op, phase, self.calls[op, phase], self.seconds[op, phase], self.seconds[op, phase] / total)
                 for op, phase in keys]
 
-    def table(self, steps=1):
-        """The per-op table as text; ``steps`` divides the times to give per-step figures."""
-        lines = [f"{'op':<26}{'phase':<10}{'calls/step':>11}{'ms/step':>10}{'share':>8}"]
+    def table(self, steps=None):
+        """The per-op table as text: whole-run totals, or per-step figures when ``steps`` (the
+        number of training steps recorded) is given; the column headers say which."""
+        per, n = ("/step", steps) if steps else ("", 1)
+        lines = [f"{'op':<26}{'phase':<10}{'calls' + per:>11}{'ms' + per:>10}{'share':>8}"]
         for op, phase, calls, seconds, share in self.rows():
-            lines.append(f"{op:<26}{phase:<10}{calls / steps:>11.1f}{1e3 * seconds / steps:>10.2f}{100 * share:>7.1f}%")
+            lines.append(f"{op:<26}{phase:<10}{calls / n:>11.1f}{1e3 * seconds / n:>10.2f}{100 * share:>7.1f}%")
         total = sum(self.seconds.values())
-        lines.append(f"{'total':<36}{'':>11}{1e3 * total / steps:>10.2f}")
+        lines.append(f"{'total':<36}{'':>11}{1e3 * total / n:>10.2f}")
         return "\n".join(lines)
 
 
@@ -114,7 +116,10 @@ def _profile_whole_process():
 
     def report():
         if prof.seconds:
-            print("\nminires profile (MINIRES_PROFILE=1), whole run:\n" + prof.table(), file=sys.stderr)
+            # The training loop times each optimizer update as a section: one per step.
+            steps = prof.calls.get(("optimizer", "total"))
+            what = f"per step over {steps} steps" if steps else "whole run"
+            print(f"\nminires profile (MINIRES_PROFILE=1), {what}:\n" + prof.table(steps), file=sys.stderr)
 
     atexit.register(report)
 

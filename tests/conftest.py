@@ -93,3 +93,38 @@ def backend(request):
     if request.param == "cupy" and not mb.cupy_available():
         pytest.skip("cupy backend unavailable: CuPy with a CUDA GPU is not installed on this machine")
     return request.param
+
+
+# --- why tests skipped: one line per reason, with a count ----------------------------------------
+
+# What brings the part of the suite that a reason's skips stand for.
+INSTALL_HINTS = (
+    ("cupy", 'a CUDA GPU with pip install -e ".[cuda13]" (see README: GPU)'),
+    ("torch", "pip install torch==2.13.0 (CPU wheel)"),
+    ("onnx", 'pip install -e ".[onnx]"'),
+    ("mpi", 'pip install -e ".[mpi]"'),
+    ("matplotlib", 'pip install -e ".[plot]"'),
+    ("graphviz", 'pip install -e ".[viz]" and Graphviz\'s dot'),
+    ("pil", 'pip install -e ".[image]"'),
+    ("cifar-10", "put CIFAR-10 in ../shared/data or set MINIRES_DATA"),
+)
+
+
+def _skip_reason(report):
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    return reason.removeprefix("Skipped: ")
+
+
+def pytest_terminal_summary(terminalreporter):
+    """After the run, say why tests were skipped (grouped by reason) and what would run them."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    if not skipped:
+        return
+    reasons = {}
+    for report in skipped:
+        reason = _skip_reason(report)
+        reasons[reason] = reasons.get(reason, 0) + 1
+    terminalreporter.section(f"{len(skipped)} skipped, by reason")
+    for reason, count in sorted(reasons.items(), key=lambda item: -item[1]):
+        hint = next((h for key, h in INSTALL_HINTS if key in reason.lower()), None)
+        terminalreporter.line(f"{count:5d}  {reason}" + (f"  [to run them: {hint}]" if hint else ""))

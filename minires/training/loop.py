@@ -95,8 +95,8 @@ def train_epoch(state, stop, epochs, label_smoothing=0.0, progress=True, hooks=N
     model, loader, optimizer, schedule, partial = (state.model, state.loader, state.optimizer,
                                                    state.schedule, state.partial)
     model.train()
-    bar = progress_bar(len(loader) - loader.batch, f"epoch {state.epoch + 1}/{epochs}",
-                       enabled=progress and hooks.is_main)
+    bar = progress_bar(len(loader), f"epoch {state.epoch + 1}/{epochs}", enabled=progress and hooks.is_main,
+                       done=loader.batch)
     start = time.perf_counter()
     # The loader moves on to the next batch before it hands one out, so its state_dict says
     # "after this batch" while the batch is still being worked on. ``position`` is the state

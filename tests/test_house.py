@@ -1,0 +1,91 @@
+"""Small things a newcomer tripped over (issue 16, item 7): the profiler's column headers say
+what the numbers are, a resumed epoch's bar counts from where the epoch stopped, and curves.png
+shows something after one epoch."""
+import numpy as np
+import pytest
+
+import minires
+import minires.training.loop as loop
+from minires import Tensor, profiler
+from minires.data.loader import ArrayLoader
+from minires.optim import SGD, ConstantLR
+from minires.training import TrainState
+from minires.training.progress import progress_bar
+from minires.training.stop import StopRequest
+
+
+def test_profiler_headers_say_totals_unless_given_steps():
+    prof = profiler.Profiler()
+    prof.record("Conv2dFunction", "forward", 0.006)
+    prof.record("Conv2dFunction", "forward", 0.006)
+    totals = prof.table().splitlines()
+    assert totals[0].split() == ["op", "phase", "calls", "ms", "share"]
+    assert totals[1].split()[2:4] == ["2.0", "12.00"]
+    per_step = prof.table(steps=2).splitlines()
+    assert per_step[0].split() == ["op", "phase", "calls/step", "ms/step", "share"]
+    assert per_step[1].split()[2:4] == ["1.0", "6.00"]
+
+
+def test_the_bar_of_a_resumed_epoch_counts_from_where_it_stopped():
+    bar = progress_bar(391, "epoch 3/50", enabled=False, done=49)
+    assert (bar.n, bar.total) == (49, 391)
+    bar.close()
+
+
+def test_the_loop_hands_the_bar_the_batches_already_done(monkeypatch):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 3, 8, 8)).astype(np.float32)
+    y = rng.integers(0, 10, size=40)
+    loader = ArrayLoader(x, y, batch_size=8, shuffle=True, seed=0)
+    loader.load_state_dict({**loader.state_dict(), "batch": 3})  # 3 of 5 batches done
+    model = minires.models.cifar_resnet(8)
+    optimizer = SGD(model.parameters(), lr=0.01)
+    state = TrainState(model, optimizer, ConstantLR(optimizer), loader)
+    seen = {}
+
+    def spy(total, desc, enabled=True, done=0):
+        seen.update(total=total, done=done)
+        return progress_bar(total, desc, enabled=False, done=done)
+
+    monkeypatch.setattr(loop, "progress_bar", spy)
+    loop.train_epoch(state, StopRequest(announce=False), epochs=1, progress=False)
+    assert seen == {"total": 5, "done": 3}
+
+
+def test_curves_of_one_epoch_draw_points(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    from minires.training.curves import plot_curves
+    row = {"epoch": 1, "train_loss": 2.0, "train_acc": 0.3, "test_loss": 1.9, "test_acc": 0.35, "lr": 0.1}
+    import matplotlib.pyplot as plt
+    figures, real = [], plt.subplots
+    monkeypatch.setattr(plt, "subplots", lambda *a, **k: figures.append(real(*a, **k)) or figures[-1])
+    assert plot_curves(tmp_path / "curves.png", [row])
+    fig, axes = figures[0]
+    labels = [ax.get_ylabel() for ax in axes]
+    assert labels[1] == "accuracy (%)" and "learning rate" in labels[2]
+    for ax in axes:  # one point each, drawn with a marker (a line of one point is invisible)
+        assert all(line.get_marker() == "o" and len(line.get_xdata()) == 1 for line in ax.get_lines())
+    assert axes[1].get_lines()[1].get_ydata()[0] == pytest.approx(35.0)
+    assert (tmp_path / "curves.png").stat().st_size > 0
+
+
+def test_the_suite_says_why_tests_skipped(tmp_path):
+    """conftest's summary: one line per skip reason with its count and what would run them."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+    shutil.copy(Path(__file__).with_name("conftest.py"), tmp_path / "conftest.py")
+    (tmp_path / "test_x.py").write_text(
+        "import pytest\n"
+        "@pytest.mark.parametrize('i', range(3))\n"
+        "def test_a(i):\n    pytest.importorskip('torch_that_is_not_there')\n"
+        "def test_b():\n    pytest.skip('real CIFAR-10 not found')\n")
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
+                         capture_output=True, text=True, cwd=tmp_path)
+    lines = run.stdout.splitlines()
+    assert any("4 skipped, by reason" in line for line in lines), run.stdout
+    torch_line = next(line for line in lines if "torch_that_is_not_there" in line)
+    assert torch_line.split()[0] == "3" and "pip install torch" in torch_line
+    assert any(line.split()[0] == "1" and "../shared/data" in line for line in lines if "CIFAR-10" in line)
+    assert lines[-1].startswith("4 skipped")  # the runner's closing line stays the last one
