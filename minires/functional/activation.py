@@ -2,6 +2,7 @@
 from .. import backend
 from ..autograd import Function
 from ..utils import threads
+from .dtypes import check_floating
 
 
 class ReLUFunction(Function):
@@ -41,4 +42,5 @@ class ReLUFunction(Function):
 
 def relu(x):
     """Rectified linear unit, element-wise: max(x, 0)."""
+    check_floating("relu", x)
     return ReLUFunction()(x)

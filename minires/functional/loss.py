@@ -3,6 +3,7 @@ import numpy
 
 from .. import backend
 from ..autograd import Function, Tensor
+from .dtypes import check_floating
 
 
 class CrossEntropyFunction(Function):
@@ -40,6 +41,7 @@ class CrossEntropyFunction(Function):
 
 def cross_entropy(logits, labels, label_smoothing=0.0):
     """Mean softmax cross-entropy of ``logits`` (N, K) against integer ``labels`` (N,) in [0, K)."""
+    check_floating("cross_entropy", logits)
     if logits.ndim != 2:
         raise ValueError(f"cross_entropy expects logits of shape (N, K), got {tuple(logits.shape)}")
     labels = labels.data if isinstance(labels, Tensor) else labels

@@ -6,6 +6,7 @@ slice of the (padded) input, reduced with max or sum; backward is the same loop 
 from .. import backend
 from ..autograd import Function
 from ..utils.conv import output_size, pad2d, pair
+from .dtypes import check_floating
 
 
 def _taps(x_pad, kh, kw, sy, sx, ho, wo):
@@ -51,7 +52,8 @@ class _Pool2dFunction(Function):
 
 
 class MaxPool2dFunction(_Pool2dFunction):
-    """y[n, c, y, x] = max over the window of xpad (padding is -inf, so it never wins).
+    """y[n, c, y, x] = max over the window of xpad (padding is -inf, or the smallest integer of
+    the dtype, so it never wins).
 
     Backward routes gy to the first position in the window that holds the maximum.
     """
@@ -59,9 +61,10 @@ class MaxPool2dFunction(_Pool2dFunction):
     def forward(self, x):
         xp = backend.get_array_module(x)
         shape = self.output_shape(x)
-        y = xp.full(shape, -xp.inf, dtype=x.dtype)
+        low = -xp.inf if x.dtype.kind == "f" else xp.iinfo(x.dtype).min  # -inf cast to an integer is 0
+        y = xp.full(shape, low, dtype=x.dtype)
         argmax = xp.zeros(shape, xp.int8 if self.kh * self.kw < 128 else xp.int32)
-        for i, j, view in self.taps(pad2d(x, self.ph, self.pw, value=-xp.inf), shape):
+        for i, j, view in self.taps(pad2d(x, self.ph, self.pw, value=low), shape):
             better = view > y  # strict: ties keep the earlier tap
             xp.copyto(y, view, where=better)
             xp.copyto(argmax, i * self.kw + j, where=better, casting="unsafe")
@@ -123,17 +126,20 @@ def _window(x, name, kernel_size, stride, padding):
 
 
 def max_pool2d(x, kernel_size, stride=None, padding=0):
-    """Max pooling of NCHW ``x``; ``stride`` defaults to ``kernel_size``."""
+    """Max pooling of NCHW ``x``; ``stride`` defaults to ``kernel_size``. Integers are pooled exactly."""
+    check_floating("max_pool2d", x, kinds="fiu")
     return MaxPool2dFunction(*_window(x, "max_pool2d", kernel_size, stride, padding))(x)
 
 
 def avg_pool2d(x, kernel_size, stride=None, padding=0):
     """Average pooling of NCHW ``x`` (zero padding counted in the mean); ``stride`` defaults to ``kernel_size``."""
+    check_floating("avg_pool2d", x)
     return AvgPool2dFunction(*_window(x, "avg_pool2d", kernel_size, stride, padding))(x)
 
 
 def global_avg_pool2d(x):
     """(N, C, H, W) -> (N, C): the mean of each feature map."""
+    check_floating("global_avg_pool2d", x)
     if x.ndim != 4:
         raise ValueError(f"global_avg_pool2d expects x of shape (N, C, H, W), got {tuple(x.shape)}")
     return GlobalAvgPool2dFunction()(x)
