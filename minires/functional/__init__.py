@@ -5,7 +5,7 @@ Modules that hold the parameters (``nn.Conv2d``).
 
 Files by topic: ``conv`` (convolution, plain and fast), ``linear``, ``normalization`` (batch
 norm), ``activation`` (ReLU), ``pooling``, ``shape`` (flatten), ``residual`` (the residual add and
-the option-A shortcut), ``loss`` (softmax cross-entropy).
+the option-A shortcut), ``loss`` (softmax cross-entropy), ``dtypes`` (the dtypes ops compute in).
 """
 from ..utils.conv import col2im, im2col
 from .activation import relu
