@@ -137,9 +137,16 @@ class Tensor:
                                  f"got shape {self.shape}; pass grad= of that shape")
             grad = xp.ones_like(self.data)
         else:
-            grad = _as_array(grad)
+            try:
+                grad = _as_array(grad)
+            except (TypeError, ValueError) as e:
+                raise TypeError(f"backward() grad must be an array of real numbers: {e}") from None
+            if grad.dtype.kind not in "fiu":
+                raise TypeError(f"backward() grad must be an array of real numbers, got dtype {grad.dtype}")
             if grad.shape != self.shape:
                 raise ValueError(f"backward() grad has shape {grad.shape}, tensor has shape {self.shape}")
+            # in the output's dtype: a float64 seed would make every gradient of a float32 graph float64
+            grad = grad.astype(self.dtype, copy=False)
         if self.creator is None:
             _accumulate(self, grad)
             return

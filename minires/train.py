@@ -260,7 +260,11 @@ def evaluate_checkpoint(args, checkpoint, path, model, shard, hooks):
     _, test_loader, info = make_cifar10_loaders(
         args.data_dir, args.batch_size, args.seed, limit_train=args.limit_train, limit_test=args.limit_test,
         normalization=args.normalization, dtype=args.dtype, download=args.download, augment=False, **shard)
-    loss, acc = evaluate(model, test_loader, args.label_smoothing, hooks)
+    with numpy.errstate(over="ignore", invalid="ignore"):  # an overflow is reported below, in one line
+        loss, acc = evaluate(model, test_loader, args.label_smoothing, hooks)
+    if not math.isfinite(loss):  # finite weights and statistics can still overflow: no accuracy from nan
+        raise NonFiniteError(f"checkpoint {path}: the test loss is {loss}: the model's outputs are not finite "
+                             f"numbers (weights too large for {args.dtype}?)")
     print(f"test loss {loss:.4f}  test accuracy {100 * acc:.2f}%  ({info['n_test']} images)")
     return {"test_loss": loss, "test_acc": acc}
 

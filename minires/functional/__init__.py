@@ -6,7 +6,8 @@ Modules that hold the parameters (``nn.Conv2d``).
 Files by topic: ``conv`` (convolution, plain and fast), ``linear``, ``normalization`` (batch
 norm), ``activation`` (ReLU, leaky ReLU, sigmoid, tanh, dropout), ``pooling``, ``shape``
 (flatten), ``residual`` (the residual add and the option-A shortcut), ``loss`` (softmax,
-log-softmax, cross-entropy, NLL).
+log-softmax, cross-entropy, NLL), ``dtypes`` (the dtypes ops
+compute in).
 """
 from ..utils.conv import col2im, im2col
 from .activation import dropout, leaky_relu, relu, sigmoid, tanh

@@ -5,6 +5,7 @@ from .. import backend
 from ..autograd import Function
 from ..nn import init
 from ..utils import threads
+from .dtypes import check_floating
 
 
 class ReLUFunction(Function):
@@ -44,6 +45,7 @@ class ReLUFunction(Function):
 
 def relu(x):
     """Rectified linear unit, element-wise: max(x, 0)."""
+    check_floating("relu", x)
     return ReLUFunction()(x)
 
 
@@ -125,16 +127,19 @@ class DropoutFunction(Function):
 
 def sigmoid(x):
     """Logistic sigmoid, element-wise: 1 / (1 + exp(-x))."""
+    check_floating("sigmoid", x)
     return SigmoidFunction()(x)
 
 
 def tanh(x):
     """Hyperbolic tangent, element-wise."""
+    check_floating("tanh", x)
     return TanhFunction()(x)
 
 
 def leaky_relu(x, negative_slope=0.01):
     """x where x > 0, else negative_slope * x, element-wise."""
+    check_floating("leaky_relu", x)
     return LeakyReLUFunction(float(negative_slope))(x)
 
 
@@ -145,6 +150,7 @@ def dropout(x, p=0.5, training=True, rng=None):
     ``rng`` is a ``numpy.random.Generator`` or an int seed; by default the generator that
     ``minires.manual_seed`` seeds (``nn.init``), so a seeded run draws the same masks again.
     """
+    check_floating("dropout", x)
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"dropout: p must lie in [0, 1], got {p}")
     if not training or p == 0:

@@ -15,6 +15,7 @@ from .. import backend
 from ..autograd import Function
 from ..utils import threads
 from ..utils.conv import col2im, im2col, output_size, pair, workspace
+from .dtypes import check_floating
 from .winograd import Conv2dWinogradFunction
 
 # Winograd F(2x2, 3x3) (functional/winograd.py) for 3x3 stride-1 convolutions with at least
@@ -171,6 +172,7 @@ def _check_conv2d(name, x, W, b, stride, padding):
     """The (stride, padding) pairs of a valid convolution, or a one-line error saying what is wrong."""
     sy, sx = pair(stride, "stride")
     ph, pw = pair(padding, "padding")
+    check_floating(name, x, W, b)
     if x.ndim != 4:
         raise ValueError(f"{name} expects x of shape (N, C, H, W), got {tuple(x.shape)}")
     if W.ndim != 4:

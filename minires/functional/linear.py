@@ -1,5 +1,6 @@
 """The fully connected (affine) layer."""
 from ..autograd import Function
+from .dtypes import check_floating
 
 
 class LinearFunction(Function):
@@ -28,6 +29,7 @@ class LinearFunction(Function):
 
 def linear(x, W, b=None):
     """Affine map y = x W^T + b with x (N, in), W (out, in), b (out,) or None."""
+    check_floating("linear", x, W, b)
     if x.ndim != 2 or W.ndim != 2:
         raise ValueError(f"linear expects x (N, in) and W (out, in), got x {tuple(x.shape)} and W {tuple(W.shape)}")
     if x.shape[1] != W.shape[1]:

@@ -11,6 +11,7 @@ import numpy
 
 from .. import backend
 from ..autograd import Function, Tensor
+from .dtypes import check_floating
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -173,16 +174,19 @@ def _dim(x, dim, name):
 
 def softmax(x, dim=-1):
     """exp(x) / sum exp(x) along ``dim``: probabilities that sum to 1 (from logits)."""
+    check_floating("softmax", x)
     return SoftmaxFunction(_dim(x, dim, "softmax"))(x)
 
 
 def log_softmax(x, dim=-1):
     """log softmax(x) along ``dim``, computed stably: log-probabilities (for ``nll_loss``)."""
+    check_floating("log_softmax", x)
     return LogSoftmaxFunction(_dim(x, dim, "log_softmax"))(x)
 
 
 def _class_loss_args(name, x, labels, weight, ignore_index, reduction):
     """Checked labels (N,) int64 and weight (K,) of x's backend and dtype (or None)."""
+    check_floating(name, x)
     if x.ndim != 2:
         raise ValueError(f"{name} expects {'logits' if name == 'cross_entropy' else 'log_probs'} of shape (N, K), "
                          f"got {tuple(x.shape)}")

@@ -2,6 +2,7 @@
 from .. import backend
 from ..autograd import Function
 from ..utils import threads
+from .dtypes import check_floating
 
 
 def _axes(x):
@@ -149,6 +150,7 @@ def batch_norm(x, gamma, beta, running_mean=None, running_var=None, training=Tru
     ``training``: normalise with batch statistics and update ``running_mean``/``running_var``
     (raw arrays, changed in place) if given; otherwise normalise with the running statistics.
     """
+    check_floating("batch_norm", x, gamma, beta, running_mean, running_var)
     if x.ndim not in (2, 4):
         raise ValueError(f"batch_norm expects x of shape (N, C) or (N, C, H, W), got {tuple(x.shape)}")
     c = x.shape[1]

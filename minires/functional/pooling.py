@@ -13,6 +13,7 @@ import numpy
 from .. import backend
 from ..autograd import Function, Tensor
 from ..utils.conv import pair
+from .dtypes import check_floating
 
 
 def _taps(x_pad, kh, kw, sy, sx, ho, wo, dy=1, dx=1):
@@ -87,7 +88,7 @@ class _Pool2dFunction(Function):
 
 class MaxPool2dFunction(_Pool2dFunction):
     """y[n, c, y, x] = max over i < kh, j < kw of xpad[n, c, y*sy + i*dy, x*sx + j*dx]
-    (padding is -inf, so it never wins).
+    (padding is -inf, or the smallest integer of the dtype, so it never wins).
 
     Backward routes gy to the first position in the window that holds the maximum.
     """
@@ -100,9 +101,10 @@ class MaxPool2dFunction(_Pool2dFunction):
         xp = backend.get_array_module(x)
         self.x_shape = x.shape
         shape = self.output_shape(x)
-        y = xp.full(shape, -xp.inf, dtype=x.dtype)
+        low = -xp.inf if x.dtype.kind == "f" else xp.iinfo(x.dtype).min  # -inf cast to an integer is 0
+        y = xp.full(shape, low, dtype=x.dtype)
         argmax = xp.zeros(shape, xp.int8 if self.kh * self.kw < 128 else xp.int32)
-        for i, j, view in self.taps(self.pad(x, shape, -xp.inf), shape):
+        for i, j, view in self.taps(self.pad(x, shape, low), shape):
             better = view > y  # strict: ties keep the earlier tap
             xp.copyto(y, view, where=better)
             xp.copyto(argmax, i * self.kw + j, where=better, casting="unsafe")
@@ -201,6 +203,7 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
     With ``return_indices``, returns (y, indices): indices an int64 Tensor (N, C, Ho, Wo) of the
     flat position h * W + w of each maximum in its input feature map, as PyTorch's.
     """
+    check_floating("max_pool2d", x, kinds="fiu")  # a max is exact in integers
     kernel, stride, padding, dilation = _window(x, "max_pool2d", kernel_size, stride, padding, dilation)
     f = MaxPool2dFunction(kernel, stride, padding, dilation, bool(ceil_mode), keep_argmax=return_indices)
     y = f(x)
@@ -210,12 +213,14 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
 def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True):
     """Average pooling of NCHW ``x``; ``stride`` defaults to ``kernel_size``; zero padding is
     counted in the mean unless ``count_include_pad=False``."""
+    check_floating("avg_pool2d", x)
     kernel, stride, padding, _ = _window(x, "avg_pool2d", kernel_size, stride, padding)
     return AvgPool2dFunction(kernel, stride, padding, bool(ceil_mode), bool(count_include_pad))(x)
 
 
 def global_avg_pool2d(x):
     """(N, C, H, W) -> (N, C): the mean of each feature map."""
+    check_floating("global_avg_pool2d", x)
     if x.ndim != 4:
         raise ValueError(f"global_avg_pool2d expects x of shape (N, C, H, W), got {tuple(x.shape)}")
     return GlobalAvgPool2dFunction()(x)

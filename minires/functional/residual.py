@@ -1,10 +1,12 @@
 """The residual connection: the addition of the two branches and the CIFAR option-A shortcut."""
 from .. import backend
 from ..autograd import Function, as_tensor
+from .dtypes import check_floating
 
 
 def add(a, b):
     """Residual addition a + b (same shapes); the gradient reaches both branches unchanged."""
+    check_floating("add", a, b)
     if tuple(a.shape) != tuple(b.shape):
         raise ValueError(f"add: residual branches differ in shape: {tuple(a.shape)} vs {tuple(b.shape)}")
     return as_tensor(a) + b

@@ -20,6 +20,7 @@ import numpy
 from .. import backend
 from ..autograd import Function
 from ..utils import threads
+from .dtypes import check_floating
 
 _G = numpy.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], dtype=numpy.float64)
 # G g G^T for a 3x3 g flattened to 9 values is kron(G, G) @ g: (16, 9)
@@ -191,6 +192,7 @@ class Conv2dWinogradFunction(Function):
 
 def conv2d_winograd(x, W, b=None, padding=1):
     """3x3, stride-1 convolution of x (N, C, H, W) with W (O, C, 3, 3) by Winograd F(2x2, 3x3)."""
+    check_floating("conv2d_winograd", x, W, b)
     if W.shape[2:] != (3, 3):
         raise ValueError(f"conv2d_winograd needs a 3x3 kernel, got W of shape {tuple(W.shape)}")
     ph, pw = (padding, padding) if isinstance(padding, int) else tuple(padding)

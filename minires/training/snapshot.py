@@ -120,7 +120,7 @@ class _Checker:
 
 def read_checkpoint(path, training=True):
     """Load the checkpoint at ``path`` and check its structure: its "model" entry must map names
-    to finite real arrays, and (with ``training``, for a run that goes on) the optimizer,
+    to finite real arrays (BatchNorm's ``running_var`` >= 0), and (with ``training``, for a run that goes on) the optimizer,
     schedule, loader position and bookkeeping entries must be there with the right types.
 
     Returns the dict. Raises CheckpointError (a ValueError) naming the file and the entry,
@@ -134,6 +134,10 @@ def read_checkpoint(path, training=True):
                               f"(its entries: {', '.join(sorted(map(str, checkpoint))[:8])})")
     for name, value in check.dict(checkpoint["model"], "model").items():
         check.real_array(value, f"model/{name}")
+        if name.rpartition(".")[2] == "running_var" and (value < 0).any():
+            # a BatchNorm variance below 0 makes sqrt(var + eps) nan in evaluation, every output with it
+            raise CheckpointError(f"checkpoint {path}: model/{name} holds a negative BatchNorm variance "
+                                  f"({value.min():g}), which no run can produce")
     if "config" in checkpoint:
         check.dict(checkpoint["config"], "config")
     if not training:
