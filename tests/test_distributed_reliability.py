@@ -175,6 +175,15 @@ def test_any_number_of_processes_trains_every_image_as_one_does(tiny_cifar10_dir
     resume = [*CLI, "--data-dir", tiny_cifar10_dir, "--epochs", 2, "--out", tmp_path / "two"]
     run_ok([*resume, "--resume", first / "last.npz"], [*resume, "--resume", tmp_path / "not-here.npz"])
     assert_same_run(tmp_path / "two" / "last.npz", second / "last.npz")
+    # per-process BatchNorm: rank 1 skips the model on its empty share, yet the run takes the
+    # same 3 iterations over the same 65 images (its numbers differ: BatchNorm saw 16, not 32)
+    plain = [a for a in CLI if a != "--sync-bn"] + ["--data-dir", tiny_cifar10_dir, "--epochs", 1,
+                                                    "--out", tmp_path / "plain"]
+    run_ok(plain, plain)
+    got, want = load(tmp_path / "plain" / "last.npz"), load(first / "last.npz")
+    assert got["schedule"]["step"] == 3 and got["loader"] == want["loader"]
+    row = got["history"][0]
+    assert row["images_per_s"] * row["seconds"] == pytest.approx(65)  # the images it counted
 
 
 @needs_mpi

@@ -3,7 +3,7 @@
 Ranks given different options or data would otherwise train on silently (another --lr or
 --seed on one rank, another data set: each rank a different run, the checkpoint rank 0's), or
 die in their first exchange with an MPI error about message sizes (another depth or dtype).
-``check_agreement`` compares a list of named values, in one round of messages, and names the
+``check_agreement`` compares a list of named values (a broadcast and an all-reduce) and names the
 first that differs.
 """
 import hashlib
