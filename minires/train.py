@@ -248,7 +248,27 @@ def restart_hint(good):
     return f"going on from the last good checkpoint with --resume {good}"
 
 
-def evaluate_checkpoint(args, checkpoint, path, model, shard, hooks):
+# What each process of a --distributed job may set for itself: the folder only rank 0 writes,
+# how it shows progress and how long it waits, where its machine keeps the data (the data
+# themselves are compared). --resume is compared as given or not: only rank 0 reads the file.
+_PER_PROCESS = {"out", "no_progress", "dist_timeout", "data_dir", "download", "distributed"}
+
+
+def agreement_fields(args, info=None, loaders=()):
+    """What every process of a --distributed job must share (``distributed.check_agreement``):
+    the options, and with ``info`` (of ``make_cifar10_loaders``) the data's sizes and checksums
+    of the normalisation statistics and of each (name, loader)'s images and labels."""
+    fields = [("--" + k.replace("_", "-"), ("given" if v else "not given") if k == "resume" else v)
+              for k, v in vars(args).items() if k not in _PER_PROCESS]
+    if info is not None:
+        stats = [a for a in (info["mean"], info["std"]) if a is not None]
+        fields += [("the number of training images", info["n_train"]), ("the number of test images", info["n_test"]),
+                   ("the normalisation statistics", distributed.digest(*stats) if stats else "none")]
+        fields += [(f"the {name} images", distributed.digest(loader.x, loader.y)) for name, loader in loaders]
+    return fields
+
+
+def evaluate_checkpoint(args, checkpoint, path, model, shard, hooks, comm=None):
     """--eval-only: the test loss and accuracy of the checkpoint's weights."""
     try:
         model.load_state_dict(checkpoint["model"])
@@ -260,6 +280,8 @@ def evaluate_checkpoint(args, checkpoint, path, model, shard, hooks):
     _, test_loader, info = make_cifar10_loaders(
         args.data_dir, args.batch_size, args.seed, limit_train=args.limit_train, limit_test=args.limit_test,
         normalization=args.normalization, dtype=args.dtype, download=args.download, augment=False, **shard)
+    if comm is not None:
+        distributed.check_agreement(comm, agreement_fields(args, info, [("test", test_loader)]))
     with numpy.errstate(over="ignore", invalid="ignore"):  # an overflow is reported below, in one line
         loss, acc = evaluate(model, test_loader, args.label_smoothing, hooks)
     if not math.isfinite(loss):  # finite weights and statistics can still overflow: no accuracy from nan
@@ -297,12 +319,15 @@ def run(args, checkpoint=None, comm=None):
             model = SyncBatchNorm.convert_sync_batchnorm(model, comm)
         hooks, is_main = distributed.DataParallelHooks(model, comm), comm.rank == 0
     if args.eval_only:
-        return evaluate_checkpoint(args, checkpoint, path, model, shard, hooks)
+        return evaluate_checkpoint(args, checkpoint, path, model, shard, hooks, comm)
 
     train_loader, test_loader, info = make_cifar10_loaders(
         args.data_dir, args.batch_size, args.seed, limit_train=args.limit_train, limit_test=args.limit_test,
         normalization=args.normalization, dtype=args.dtype, download=args.download, augment=not args.no_augment,
         **shard)
+    if comm is not None:  # before the first exchange of arrays, whose sizes would differ
+        distributed.check_agreement(comm, agreement_fields(args, info, [("training", train_loader),
+                                                                        ("test", test_loader)]))
     optimizer = SGD(param_groups(model, args.weight_decay, args.no_bn_decay), lr=args.lr,
                     momentum=args.momentum, nesterov=args.nesterov)
     schedule = build_schedule(args, optimizer, args.epochs * len(train_loader))
@@ -423,6 +448,11 @@ def main(argv=None):
     # it in their next exchange. Only "done" and an agreed Ctrl-C end every rank together.
     try:
         code = _main(parser, args, argv, comm)
+    except distributed.RanksDisagree as e:
+        # every rank found it in the same exchange: all stop together, with no abort
+        if comm.rank == 0:
+            print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return 2
     except BaseException:
         traceback.print_exc()
         comm.abort(1)
@@ -436,6 +466,8 @@ def _main(parser, args, argv, comm):
     rank = "" if comm is None or comm.size == 1 else f" (rank {comm.rank})"
     try:
         checkpoint = None
+        if comm is not None:  # the command lines, before rank 0 sends the --resume checkpoint
+            distributed.check_agreement(comm, agreement_fields(args))
         if args.resume:
             path = checkpoint_path(args.resume)
             checkpoint = read_checkpoint_once(path, not args.eval_only, comm)

@@ -140,9 +140,9 @@ def test_loader_shard_arguments_are_checked():
         ArrayLoader(x, y, 4, rank=2, world_size=2)
     with pytest.raises(ValueError, match="smaller than the 3 ranks"):
         ArrayLoader(x, y, 2, world_size=3)
-    # 10 = 4 + 4 + 2 rows: the last batch of 2 is split between 2 ranks, dropped with 3
+    # 10 = 4 + 4 + 2 rows: the last batch of 2 is split between 2 ranks, and kept with 3 (rank 2 gets none)
     assert len(ArrayLoader(x, y, 4, world_size=2)) == 3
-    assert len(ArrayLoader(x, y, 4, rank=1, world_size=3)) == 2
+    assert len(ArrayLoader(x, y, 4, rank=1, world_size=3)) == 3
 
 
 def test_gradient_allreducer_buckets_and_weights():
@@ -224,7 +224,7 @@ def one_process(batch_size, dtype, sync_bn=False):
 
 
 @needs_mpi
-@pytest.mark.parametrize("n, batch_size", [(2, 8), (3, 10)])  # 3 ranks: shards of 3, 3 and 4
+@pytest.mark.parametrize("n, batch_size", [(2, 8), (3, 10)])  # 3 ranks: shards of 4, 3 and 3
 def test_sync_batchnorm_ranks_match_one_process(tmp_path, n, batch_size):
     ranks = run_ok(n, "sync", tmp_path, batch_size)
     reference = one_process(batch_size, np.float64)

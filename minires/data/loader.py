@@ -23,11 +23,14 @@ __all__ = ["ArrayLoader", "make_cifar10_loaders", "shard_bounds"]
 def shard_bounds(n, rank, world_size):
     """Rows [lo, hi) of a batch of n rows that rank ``rank`` of ``world_size`` takes.
 
-    Consecutive, as equal as can be (sizes differ by at most one, the larger ones last), and
-    together exactly the n rows: 128 rows on 2 ranks are 0-63 and 64-127; 80 on 3 are 0-25,
-    26-52, 53-79.
+    Consecutive, as equal as can be (sizes differ by at most one, the larger ones first), and
+    together exactly the n rows: 128 rows on 2 ranks are 0-63 and 64-127; 80 on 3 are 0-26,
+    27-53, 54-79. Fewer rows than ranks leave the last ranks none (1 row on 2 ranks: 0-0 and
+    none), so rank 0, whose BatchNorm statistics every rank takes over, always has some.
     """
-    return rank * n // world_size, (rank + 1) * n // world_size
+    base, extra = divmod(n, world_size)
+    lo = rank * base + min(rank, extra)
+    return lo, lo + base + (1 if rank < extra else 0)
 
 
 class ArrayLoader:
@@ -40,9 +43,11 @@ class ArrayLoader:
     labels are int64. x and y may live on the host or already on that backend.
 
     One pass over the loader is one epoch; ``len(loader)`` is the number of batches. The last
-    partial batch is kept unless ``drop_last``, or when it has fewer rows than ranks (a rank
-    would get none). ``state_dict()`` / ``load_state_dict()`` save
-    and restore the position (seed, epoch, batch), also in the middle of an epoch.
+    partial batch is kept unless ``drop_last``, on any number of ranks: a rank whose share of
+    it is empty gets an empty batch, (0, C, H, W) images and (0,) labels, so the batches, and
+    the images seen, do not depend on the number of ranks. ``state_dict()`` /
+    ``load_state_dict()`` save and restore the position (seed, epoch, batch), also in the middle
+    of an epoch.
 
     ``rank`` of ``world_size`` (data-parallel training): each batch of ``batch_size`` rows is
     split with ``shard_bounds`` and this loader yields rank ``rank``'s part of it only.
@@ -81,8 +86,7 @@ class ArrayLoader:
 
     def __len__(self):
         n = self.x.shape[0]
-        last = n % self.batch_size
-        return n // self.batch_size + (1 if last >= self.world_size and not self.drop_last else 0)
+        return n // self.batch_size + (1 if n % self.batch_size and not self.drop_last else 0)
 
     def epoch_plan(self, epoch):
         """Sample order (N,) and crop offsets (N, 2) / flips (N,) (None without augment) of an epoch."""

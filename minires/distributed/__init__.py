@@ -9,15 +9,17 @@ What is exchanged and when (see ``data_parallel``): rank 0's parameters and buff
 start; each rank's weighted gradients after every backward, summed; with ``nn.SyncBatchNorm``,
 also the BatchNorm statistics in every forward and backward. Each rank draws the same shuffled
 order of the data and takes its own slice of every batch (``minires.data.shard_bounds``), so N
-ranks with batch B/N each do what one process does with batch B.
+ranks with batch B/N each do what one process does with batch B. At the start, ``check_agreement``
+makes sure that every rank was given the same options and data.
 """
+from .agreement import RanksDisagree, check_agreement, digest
 from .communicator import Communicator, MPICommunicator, NCCLCommunicator
 from .data_parallel import GradientAllreducer, broadcast_buffers, broadcast_state
 from .hooks import DataParallelHooks
 
 __all__ = ["Communicator", "MPICommunicator", "NCCLCommunicator", "GradientAllreducer", "broadcast_state",
            "broadcast_buffers", "DataParallelHooks",
-           "init", "get_world"]
+           "RanksDisagree", "check_agreement", "digest", "init", "get_world"]
 
 _world = None
 

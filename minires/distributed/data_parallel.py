@@ -91,7 +91,7 @@ class GradientAllreducer:
             offset = 0
             for p in bucket:
                 part = buf[offset:offset + p.size]
-                if p.grad is None:
+                if p.grad is None or weight == 0:  # a rank without images adds nothing, not 0 * nan
                     part[...] = 0
                 else:
                     xp.multiply(p.grad.reshape(-1), weight, out=part)  # (shape) -> (size,)

@@ -9,6 +9,7 @@
 - ``sum``: the metrics of a batch or an evaluation are summed over the ranks;
 - ``is_main``: only rank 0 writes files and shows progress.
 """
+from ..nn import SyncBatchNorm
 from ..training import LoopHooks
 from .data_parallel import GradientAllreducer, broadcast_buffers
 
@@ -20,6 +21,8 @@ class DataParallelHooks(LoopHooks):
         self.model, self.comm = model, comm
         self.is_main = comm.rank == 0
         self.reduce_gradients = GradientAllreducer(model.parameters(), comm, bucket_mb)
+        # SyncBatchNorm exchanges in the forward and backward passes: every rank must run them
+        self.forward_without_images = any(isinstance(m, SyncBatchNorm) for m in model.modules())
 
     def after_backward(self, model, optimizer, share):
         self.reduce_gradients(share)

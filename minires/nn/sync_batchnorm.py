@@ -45,15 +45,17 @@ class SyncBatchNormFunction(Function):
         stats[c] = m_local
         self.comm.allreduce(stats)
         m = int(stats[c])
-        mean = (stats[:c] / m).astype(x.dtype)
+        # A rank without images (a last batch smaller than the ranks) joins both exchanges with
+        # zeros. Should no rank have any (M = 0), the statistics are 0 and the running ones stay.
+        mean = (stats[:c] / max(m, 1)).astype(x.dtype)
         xc = x - per_channel(mean, x)
-        sq = channel_dot(xc, xc).astype(xp.float64)
+        sq = channel_dot(xc, xc).astype(xp.float64) if m_local else xp.zeros(c, xp.float64)
         self.comm.allreduce(sq)
-        var = (sq / m).astype(x.dtype)
+        var = (sq / max(m, 1)).astype(x.dtype)
         inv_std = 1.0 / xp.sqrt(var + self.eps)
         y = xc * per_channel(gamma * inv_std, x)
         y += per_channel(beta, x)
-        if self.running_mean is not None:
+        if self.running_mean is not None and m:
             update_running_stats(self.running_mean, self.running_var, mean, var, m, self.momentum)
         self.running_mean = self.running_var = None
         if any(self.needs_input_grad):
@@ -65,16 +67,18 @@ class SyncBatchNormFunction(Function):
         xc, inv_std, gamma, m_local = self.xc, self.inv_std, self.gamma, self.m_local
         c = gy.shape[1]
         gbeta = channel_sum(gy)
-        ggamma = channel_dot(gy, xc) * inv_std
+        ggamma = channel_dot(gy, xc) * inv_std if m_local else xp.zeros(c, gy.dtype)
         gx = None
         if self.needs_input_grad[0]:
-            w = m_local / self.m
+            w = m_local / max(self.m, 1)
             sums = xp.empty(2 * c, xp.float64)
             sums[:c] = gbeta
             sums[c:] = ggamma
             sums *= w
             self.comm.allreduce(sums)
             gbeta_all, ggamma_all = sums[:c].astype(gy.dtype), sums[c:].astype(gy.dtype)
+            if m_local == 0:  # no images on this rank: an empty gradient, after the exchange
+                return xp.zeros_like(gy), ggamma, gbeta
             # gx = a * gy + k * xc + b per channel, with a = gamma * inv_std,
             # k = -a * inv_std * ggamma_all / M_r, b = -a * gbeta_all / M_r
             a = gamma * inv_std

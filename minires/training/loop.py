@@ -46,9 +46,15 @@ class LoopHooks:
       calls it for the reported metrics (every batch's loss sum, correct and seen, so that the
       running sums of the epoch, and a checkpoint of them, cover the whole batch on every
       process; the same of an evaluation).
+    - ``forward_without_images``: a process whose share of a batch is empty (a last batch
+      smaller than the number of processes) still takes part in every exchange: its gradients
+      count with share 0. With True it also runs the model's forward and backward on its empty
+      share, for a model that exchanges inside them (SyncBatchNorm); with False (plain
+      BatchNorm, which cannot normalise zero images) it skips them.
     """
 
     is_main = True
+    forward_without_images = False
 
     def after_backward(self, model, optimizer, share):
         pass
@@ -68,6 +74,8 @@ def evaluate(model, loader, label_smoothing=0.0, hooks=None):
     total_loss, correct, seen = 0.0, 0, 0
     with no_grad():
         for xb, yb in loader:
+            if not len(yb):  # this process's share of a last batch smaller than the processes
+                continue
             try:
                 logits = model(Tensor(xb))
                 n = len(yb)
@@ -116,15 +124,19 @@ def train_epoch(state, stop, epochs, label_smoothing=0.0, progress=True, hooks=N
             in_batch = True
             where = f"at epoch {state.epoch + 1}, iteration {schedule.step_count + 1}"
             try:
-                logits = model(Tensor(xb))
-                loss = F.cross_entropy(logits, yb, label_smoothing)
-                value = loss.item()
-                check_loss(value, where, hooks.any(not math.isfinite(value)))
                 n = len(yb)
-                correct = int((logits.data.argmax(axis=1) == yb).sum())
+                loss, value, correct = None, 0.0, 0
+                if n or hooks.forward_without_images:
+                    logits = model(Tensor(xb))
+                    # no images: a loss of 0 whose backward still runs the model's exchanges
+                    loss = F.cross_entropy(logits, yb, label_smoothing) if n else logits.sum()
+                    value = loss.item()
+                    correct = int((logits.data.argmax(axis=1) == yb).sum())
+                check_loss(value, where, hooks.any(not math.isfinite(value)))
                 loss_sum, correct, seen = hooks.sum([value * n, correct, n])  # of the whole batch
                 optimizer.zero_grad()
-                loss.backward()
+                if loss is not None:
+                    loss.backward()
                 hooks.after_backward(model, optimizer, n / seen)
                 with section("optimizer"):
                     optimizer.step()

@@ -161,5 +161,5 @@ def over_batch(fn, x):
                 total = r if total is None else total + r
         return total
 
-    results = [r for r in run(part, batch_parts(xp, x.shape[0], x[0].nbytes)) if r is not None]
+    results = [r for r in run(part, batch_parts(xp, x.shape[0], x[:1].nbytes)) if r is not None]
     return sum(results[1:], results[0]) if results else None
