@@ -181,8 +181,8 @@ def test_a_parameter_without_gradient_is_neither_decayed_nor_moved():
     b.grad = np.array([2.0])
     optimizer.step()
     assert optimizer.state_dict()["state"][1]["step"] == 1
-    assert b.data[0] == pytest.approx(reference_adam([3.0], [np.array([2.0])], 0.1, weight_decay=0.5, decoupled=True)[0][0],
-                                      abs=1e-15)
+    first = reference_adam([3.0], [np.array([2.0])], 0.1, weight_decay=0.5, decoupled=True)[0]
+    assert b.data[0] == pytest.approx(first[0], abs=1e-15)
 
 
 def test_float32_in_place_state_dtype_and_grad_untouched():
@@ -415,7 +415,9 @@ def test_lr_and_weight_decay_defaults_follow_the_optimizer():
     optimizer = train.build_optimizer(args, model)
     assert type(optimizer) is AdamW and optimizer.param_groups[0]["eps"] == 1e-7
     # Adam's lr is below ResNet-110's warm-up lr: no warm-up unless asked for.
-    assert train.build_schedule(parse(["--depth", "110", "--optimizer", "adam"]), optimizer, 1000).warmup_steps == 0
+    def warmup(*argv):
+        return train.build_schedule(parse(["--depth", "110", *argv]), optimizer, 1000).warmup_steps
+    assert (warmup(), warmup("--optimizer", "adam"), warmup("--optimizer", "adam", "--warmup", "50")) == (400, 0, 50)
 
 
 @pytest.mark.slow  # 4 epochs of 256 images: 42 s on a busy 2-core machine
@@ -465,3 +467,26 @@ def test_a_resume_with_another_optimizer_is_refused(tiny_cifar10_dir, tmp_path, 
     assert run_main(*args, "--optimizer", "sgd", "--epochs", 2, "--resume", tmp_path / "old.npz",
                     "--out", tmp_path / "old") == 2
     assert "saved by another optimizer" in error_line(capsys)
+    # Adam's entries in a damaged checkpoint are named, as SGD's momentum buffers are.
+    for damage, message in [
+            (lambda c: c["optimizer"]["state"][0].update(exp_avg_sq=np.full((16, 3, 3, 3), np.nan)),
+             "optimizer/state/0/exp_avg_sq holds nan or inf"),
+            (lambda c: c["optimizer"]["state"][0].update(step=0),
+             "entry 'optimizer/state/0/step' must be an integer >= 1, found int"),
+            (lambda c: c["optimizer"]["param_groups"][0].update(betas=(0.9, "0.999")),
+             "entry 'optimizer/param_groups/0/betas/1' must be a finite number, found str")]:
+        checkpoint = load(tmp_path / "run" / "last.npz")
+        damage(checkpoint)
+        save(checkpoint, tmp_path / "bad.npz")
+        assert run_main(*args, "--optimizer", "adam", "--epochs", 2, "--resume", tmp_path / "bad.npz",
+                        "--out", tmp_path / "bad") == 2
+        assert message in error_line(capsys)
+
+
+def test_the_nan_guard_sees_adams_moments():
+    from minires.training.snapshot import checkpoint_arrays
+    checkpoint = {"model": {"w": np.zeros(2)},
+                  "optimizer": _after([1.0, 2.0], [np.ones(2)], lr=0.5, amsgrad=True)}
+    assert sorted(checkpoint_arrays(checkpoint)) == ["model/w", "optimizer/state/0/exp_avg",
+                                                     "optimizer/state/0/exp_avg_sq",
+                                                     "optimizer/state/0/max_exp_avg_sq"]

@@ -2,8 +2,9 @@
 ``read_checkpoint``, which checks a checkpoint file before anything is taken from it.
 
 Nothing that is not a finite number is ever written over a checkpoint: ``Snapshot.save`` checks
-the weights, BatchNorm statistics and optimizer state (momentum, moments) first (a diverging run that is stopped
-with Ctrl-C keeps its last good checkpoint). Files are written atomically by ``minires.save``.
+the weights, BatchNorm statistics and optimizer state (momentum, Adam's moments) first (a
+diverging run that is stopped with Ctrl-C keeps its last good checkpoint). Files are written
+atomically by ``minires.save``.
 """
 import math
 import numbers
