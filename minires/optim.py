@@ -1,4 +1,4 @@
-"""Stochastic gradient descent with momentum, and per-iteration learning-rate schedules.
+"""Optimizers (SGD with momentum, Adam, AdamW) and per-iteration learning-rate schedules.
 
 ``SGD`` follows ``torch.optim.SGD`` step for step. For a parameter p with gradient grad:
 
@@ -8,11 +8,22 @@
     g = g + momentum * buf   if nesterov   else   g = buf
     p = p - lr * g
 
+``Adam`` and ``AdamW`` follow ``torch.optim.Adam`` and ``torch.optim.AdamW``. At step t (counted
+per parameter, from 1), with betas (b1, b2):
+
+    g = grad + weight_decay * p                (Adam: L2 added to the gradient)
+    p = p * (1 - lr * weight_decay)            (AdamW instead: decoupled decay, g = grad)
+    m = b1 * m + (1 - b1) * g                  (m and v start at 0)
+    v = b2 * v + (1 - b2) * g * g
+    vmax = max(vmax, v)  and  v = vmax         (amsgrad only; vmax starts at 0)
+    p = p - lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+
 A parameter is any object with ``.data`` (a NumPy or CuPy array, updated in place) and
-``.grad`` (an array on the same backend, or None to skip it).
+``.grad`` (an array on the same backend, or None to skip it: a parameter without a gradient is
+neither decayed nor moved, and its step count does not advance).
 
 Schedules are stepped once per iteration (not per epoch): ``MultiStepLR([32000, 48000])`` is the
-paper's "divide by 10 at 32k and 48k iterations".
+paper's "divide by 10 at 32k and 48k iterations". They work with every optimizer here.
 """
 import bisect
 import math
@@ -21,49 +32,39 @@ import numpy
 
 from .backend import get_array_module, to_numpy
 
-__all__ = ["SGD", "LRSchedule", "ConstantLR", "MultiStepLR", "CosineLR"]
-
-_HYPERPARAMETERS = ("lr", "momentum", "dampening", "weight_decay", "nesterov")
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "LRSchedule", "ConstantLR", "MultiStepLR", "CosineLR"]
 
 
-def _check_group(group, i):
-    """Refuse hyperparameters that are not finite, or that make SGD diverge by construction."""
-    where = f"parameter group {i}"
-    for name in ("lr", "momentum", "dampening", "weight_decay"):
+def _check_numbers(group, names, where):
+    """Each of ``names`` in ``group`` must be a finite real number."""
+    for name in names:
         value = group[name]
         if isinstance(value, bool) or not isinstance(value, (int, float, numpy.integer, numpy.floating)):
             raise ValueError(f"{where}: {name} must be a number, got {type(value).__name__}")
         if not math.isfinite(value):
             raise ValueError(f"{where}: invalid {name} {value}: must be a finite number")
-    if group["lr"] < 0:
-        raise ValueError(f"{where}: invalid learning rate {group['lr']}: must be >= 0")
-    # momentum > 1 multiplies the buffer by more than 1 at every step: the steps grow without end.
-    if not 0 <= group["momentum"] <= 1:
-        raise ValueError(f"{where}: invalid momentum {group['momentum']}: must lie in [0, 1]")
-    if not 0 <= group["dampening"] <= 1:
-        raise ValueError(f"{where}: invalid dampening {group['dampening']}: must lie in [0, 1]")
-    if group["weight_decay"] < 0:
-        raise ValueError(f"{where}: invalid weight_decay {group['weight_decay']}: must be >= 0")
-    if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
-        raise ValueError(f"{where}: Nesterov momentum needs momentum > 0 and dampening = 0")
 
 
-class SGD:
-    """SGD with momentum, dampening, Nesterov and L2 weight decay, exactly as PyTorch does it.
+class Optimizer:
+    """What every optimizer here shares: parameter groups, ``zero_grad`` and the state dict.
 
     ``params`` is an iterable of parameters, or a list of parameter groups: dicts with a
-    "params" list and any of "lr", "momentum", "dampening", "weight_decay", "nesterov"
-    overriding the defaults given here (e.g. ``{"params": bn_params, "weight_decay": 0.0}``).
-    ``param_groups`` is that list of dicts, filled in with every hyperparameter; a schedule
-    changes "lr" there.
+    "params" list and any hyperparameter of ``defaults`` overriding it (e.g.
+    ``{"params": bn_params, "weight_decay": 0.0}``). ``param_groups`` is that list of dicts,
+    filled in with every hyperparameter; a schedule changes "lr" there.
+
+    A subclass checks one group in ``check_group(group, where)``, names the entries it keeps per
+    parameter in ``state_names(group)`` and updates the parameters in ``step()``. What it keeps
+    of a parameter p is ``self.state[id(p)]`` (parameters need not be hashable): a dict of
+    arrays of p's shape, dtype and backend, and for Adam the int "step".
     """
 
-    def __init__(self, params, lr, momentum=0.0, weight_decay=0.0, nesterov=False, dampening=0.0):
-        defaults = {"lr": lr, "momentum": momentum, "dampening": dampening,
-                    "weight_decay": weight_decay, "nesterov": nesterov}
+    def __init__(self, params, defaults):
+        self.defaults = dict(defaults)
+        name = type(self).__name__
         params = list(params)
         if not params:
-            raise ValueError("SGD got an empty parameter list")
+            raise ValueError(f"{name} got an empty parameter list")
         if not isinstance(params[0], dict):
             params = [{"params": params}]
         self.param_groups = []
@@ -71,15 +72,29 @@ class SGD:
         for i, group in enumerate(params):
             if not isinstance(group, dict) or "params" not in group:
                 raise ValueError(f"parameter group {i} must be a dict with a 'params' list")
-            group = {**defaults, **group, "params": list(group["params"])}
-            _check_group(group, i)
+            unknown = sorted(set(group) - set(self.defaults) - {"params"})
+            if unknown:
+                raise ValueError(f"parameter group {i}: {name} takes no hyperparameter {unknown[0]!r}")
+            group = {**self.defaults, **group, "params": list(group["params"])}
+            self.check_group(group, f"parameter group {i}")
             for p in group["params"]:
                 if id(p) in seen:
                     raise ValueError("a parameter appears in more than one parameter group")
                 seen.add(id(p))
             self.param_groups.append(group)
-        # Momentum buffers, keyed by id(param): parameters need not be hashable.
         self.state = {}
+
+    def check_group(self, group, where):
+        """Raise a one-line ValueError for a hyperparameter of ``group`` that cannot train."""
+        raise NotImplementedError(f"{type(self).__name__} must define check_group(group, where)")
+
+    def state_names(self, group):
+        """The entries kept per parameter of ``group`` once it has taken a step."""
+        raise NotImplementedError(f"{type(self).__name__} must define state_names(group)")
+
+    def step(self):
+        """Update every parameter that has a gradient, in place."""
+        raise NotImplementedError(f"{type(self).__name__} must define step()")
 
     def _params(self):
         """All parameters in group order (their position is their index in state_dict)."""
@@ -89,6 +104,110 @@ class SGD:
         """Forget all gradients (set them to None)."""
         for p in self._params():
             p.grad = None
+
+    def state_dict(self):
+        """Plain data: ``{"state": {i: {name: ndarray or int}}, "param_groups": [...]}``.
+
+        i is the parameter's position over all groups in order; each group is its
+        hyperparameters plus "params": the list of those positions (PyTorch's layout). Arrays
+        are NumPy copies, so the dict can be flattened into an .npz (e.g. key
+        "state.3.momentum_buffer") and saved.
+        """
+        index = {id(p): i for i, p in enumerate(self._params())}
+        state = {index[key]: {name: value if name == "step" else numpy.array(to_numpy(value), copy=True)
+                              for name, value in entry.items()}
+                 for key, entry in self.state.items() if key in index}
+        groups, start = [], 0
+        for group in self.param_groups:
+            n = len(group["params"])
+            saved = {k: v for k, v in group.items() if k != "params"}
+            saved["params"] = list(range(start, start + n))
+            groups.append(saved)
+            start += n
+        return {"state": dict(sorted(state.items())), "param_groups": groups}
+
+    def load_state_dict(self, state_dict):
+        """Restore hyperparameters and per-parameter state saved by ``state_dict``.
+
+        The optimizer must be of the same kind and have been built with the same groups of the
+        same parameters; arrays are copied onto each parameter's backend and dtype. Nothing
+        changes when anything does not fit (a ValueError says what).
+        """
+        name = type(self).__name__
+        groups = state_dict["param_groups"]
+        if len(groups) != len(self.param_groups):
+            raise ValueError(f"state_dict has {len(groups)} parameter groups, "
+                             f"this optimizer has {len(self.param_groups)}")
+        for i, (saved, group) in enumerate(zip(groups, self.param_groups)):
+            if len(saved["params"]) != len(group["params"]):
+                raise ValueError(f"parameter group {i} has {len(group['params'])} parameters, "
+                                 f"the state_dict's has {len(saved['params'])}")
+            keys = set(saved) - {"params"}
+            if keys != set(self.defaults):
+                raise ValueError(f"parameter group {i} of the state_dict has the hyperparameters "
+                                 f"{', '.join(sorted(keys))}; {name} has {', '.join(sorted(self.defaults))}: "
+                                 f"it was saved by another optimizer")
+        merged = [{**group, **{k: v for k, v in saved.items() if k != "params"}}
+                  for saved, group in zip(groups, self.param_groups)]
+        for i, group in enumerate(merged):
+            self.check_group(group, f"parameter group {i}")
+        params = [(p, group) for group in merged for p in group["params"]]
+        state = {}
+        for key, entry in state_dict["state"].items():
+            i = int(key)
+            if not 0 <= i < len(params):
+                raise ValueError(f"state_dict has a state for parameter {i}, "
+                                 f"but there are only {len(params)}")
+            p, group = params[i]
+            names = self.state_names(group)
+            if set(entry) != set(names):
+                raise ValueError(f"state_dict's state {i} holds {', '.join(sorted(entry)) or 'nothing'}; "
+                                 f"{name} keeps {', '.join(names)}")
+            xp = get_array_module(p.data)
+            state[id(p)] = {}
+            for k, value in entry.items():
+                if k == "step":
+                    if isinstance(value, (bool, numpy.bool_)) or not isinstance(value, (int, numpy.integer)) \
+                            or value < 1:
+                        raise ValueError(f"state_dict's state {i}: step must be an integer >= 1, got {value!r}")
+                    state[id(p)][k] = int(value)
+                    continue
+                if tuple(value.shape) != tuple(p.data.shape):
+                    raise ValueError(f"{k} {i} has shape {tuple(value.shape)}, its parameter {tuple(p.data.shape)}")
+                state[id(p)][k] = xp.array(value, dtype=p.data.dtype)  # a copy on p's backend
+        self.param_groups[:] = merged
+        self.state = state
+
+
+class SGD(Optimizer):
+    """SGD with momentum, dampening, Nesterov and L2 weight decay, exactly as PyTorch does it.
+
+    Parameters and parameter groups as ``Optimizer`` says; the hyperparameters a group may
+    override are "lr", "momentum", "dampening", "weight_decay" and "nesterov". The state of a
+    parameter is its "momentum_buffer" (none with momentum 0).
+    """
+
+    def __init__(self, params, lr, momentum=0.0, weight_decay=0.0, nesterov=False, dampening=0.0):
+        super().__init__(params, {"lr": lr, "momentum": momentum, "dampening": dampening,
+                                  "weight_decay": weight_decay, "nesterov": nesterov})
+
+    def check_group(self, group, where):
+        """Refuse hyperparameters that are not finite, or that make SGD diverge by construction."""
+        _check_numbers(group, ("lr", "momentum", "dampening", "weight_decay"), where)
+        if group["lr"] < 0:
+            raise ValueError(f"{where}: invalid learning rate {group['lr']}: must be >= 0")
+        # momentum > 1 multiplies the buffer by more than 1 at every step: the steps grow without end.
+        if not 0 <= group["momentum"] <= 1:
+            raise ValueError(f"{where}: invalid momentum {group['momentum']}: must lie in [0, 1]")
+        if not 0 <= group["dampening"] <= 1:
+            raise ValueError(f"{where}: invalid dampening {group['dampening']}: must lie in [0, 1]")
+        if group["weight_decay"] < 0:
+            raise ValueError(f"{where}: invalid weight_decay {group['weight_decay']}: must be >= 0")
+        if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
+            raise ValueError(f"{where}: Nesterov momentum needs momentum > 0 and dampening = 0")
+
+    def state_names(self, group):
+        return ("momentum_buffer",)
 
     def step(self):
         """Update every parameter that has a gradient, in place."""
@@ -105,68 +224,106 @@ class SGD:
                     g = xp.multiply(p.data, weight_decay)
                     g += p.grad
                 if momentum != 0:
-                    buf = self.state.get(id(p))
-                    if buf is None:
-                        buf = self.state[id(p)] = g.copy()
+                    state = self.state.get(id(p))
+                    if state is None:
+                        buf = g.copy()
+                        self.state[id(p)] = {"momentum_buffer": buf}
                     else:
+                        buf = state["momentum_buffer"]
                         buf *= momentum
                         buf += g if dampening == 0 else (1 - dampening) * g
                     g = g + momentum * buf if nesterov else buf
                 p.data -= lr * g
 
-    def state_dict(self):
-        """Plain data: ``{"state": {i: {"momentum_buffer": ndarray}}, "param_groups": [...]}``.
 
-        i is the parameter's position over all groups in order; each group is its
-        hyperparameters plus "params": the list of those positions (PyTorch's layout). Buffers
-        are NumPy copies, so the dict can be flattened into an .npz (e.g. key
-        "state.3.momentum_buffer") and saved.
-        """
-        index = {id(p): i for i, p in enumerate(self._params())}
-        state = {index[key]: {"momentum_buffer": numpy.array(to_numpy(buf), copy=True)}
-                 for key, buf in self.state.items() if key in index}
-        groups, start = [], 0
+class Adam(Optimizer):
+    """Adam (Kingma & Ba 2015) as ``torch.optim.Adam``: L2 ``weight_decay`` added to the gradient
+    (or, with ``decoupled_weight_decay``, AdamW's decay of the weights), eps added after the
+    bias-corrected square root, and AMSGrad's maximum taken of the uncorrected second moment.
+
+    The hyperparameters a group may override are "lr", "betas", "eps", "weight_decay",
+    "amsgrad" and "decoupled_weight_decay". The state of a parameter: "step" (its own count of
+    steps taken), "exp_avg" (m), "exp_avg_sq" (v) and with amsgrad "max_exp_avg_sq", in the
+    parameter's dtype.
+    """
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False,
+                 decoupled_weight_decay=False):
+        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay,
+                                  "amsgrad": amsgrad, "decoupled_weight_decay": decoupled_weight_decay})
+
+    def check_group(self, group, where):
+        """Refuse hyperparameters that are not finite or outside the ranges torch accepts."""
+        _check_numbers(group, ("lr", "eps", "weight_decay"), where)
+        if group["lr"] < 0:
+            raise ValueError(f"{where}: invalid learning rate {group['lr']}: must be >= 0")
+        if group["eps"] < 0:
+            raise ValueError(f"{where}: invalid eps {group['eps']}: must be >= 0")
+        if group["weight_decay"] < 0:
+            raise ValueError(f"{where}: invalid weight_decay {group['weight_decay']}: must be >= 0")
+        betas = group["betas"]
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise ValueError(f"{where}: betas must be a pair (beta1, beta2), got {betas!r}")
+        _check_numbers({"beta1": betas[0], "beta2": betas[1]}, ("beta1", "beta2"), where)
+        for name, beta in zip(("beta1", "beta2"), betas):
+            # beta = 1 never forgets the first moment (and divides by 1 - 1 = 0 in the bias correction).
+            if not 0 <= beta < 1:
+                raise ValueError(f"{where}: invalid {name} {beta}: must lie in [0, 1)")
+        for name in ("amsgrad", "decoupled_weight_decay"):
+            if not isinstance(group[name], (bool, numpy.bool_)):
+                raise ValueError(f"{where}: {name} must be True or False, got {group[name]!r}")
+
+    def state_names(self, group):
+        return ("step", "exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if group["amsgrad"] else ())
+
+    def step(self):
+        """Update every parameter that has a gradient, in place."""
         for group in self.param_groups:
-            n = len(group["params"])
-            saved = {k: v for k, v in group.items() if k != "params"}
-            saved["params"] = list(range(start, start + n))
-            groups.append(saved)
-            start += n
-        return {"state": dict(sorted(state.items())), "param_groups": groups}
+            lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
+            weight_decay, amsgrad = group["weight_decay"], group["amsgrad"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                xp = get_array_module(p.data)
+                state = self.state.get(id(p))
+                if state is None:
+                    state = self.state[id(p)] = {
+                        "step": 0,
+                        "exp_avg": xp.zeros(p.data.shape, dtype=p.data.dtype),
+                        "exp_avg_sq": xp.zeros(p.data.shape, dtype=p.data.dtype)}
+                if amsgrad and "max_exp_avg_sq" not in state:
+                    state["max_exp_avg_sq"] = xp.zeros(p.data.shape, dtype=p.data.dtype)
+                state["step"] += 1
+                t = state["step"]
+                g = p.grad
+                if weight_decay != 0:
+                    if group["decoupled_weight_decay"]:
+                        p.data *= 1 - lr * weight_decay
+                    else:
+                        g = xp.multiply(p.data, weight_decay)  # a new array: .grad stays as it is
+                        g += p.grad
+                m, v = state["exp_avg"], state["exp_avg_sq"]
+                m *= beta1
+                m += (1 - beta1) * g
+                v *= beta2
+                v += (1 - beta2) * (g * g)
+                if amsgrad:
+                    # The maximum of v itself, bias-corrected below as v is (torch's order).
+                    v_max = state["max_exp_avg_sq"]
+                    xp.maximum(v_max, v, out=v_max)
+                    v = v_max
+                denom = xp.sqrt(v) / math.sqrt(1 - beta2 ** t)
+                denom += eps
+                p.data -= (lr / (1 - beta1 ** t)) * m / denom
 
-    def load_state_dict(self, state_dict):
-        """Restore hyperparameters and momentum buffers saved by ``state_dict``.
 
-        The optimizer must have been built with the same groups of the same parameters;
-        buffers are copied onto each parameter's backend and dtype.
-        """
-        groups = state_dict["param_groups"]
-        if len(groups) != len(self.param_groups):
-            raise ValueError(f"state_dict has {len(groups)} parameter groups, "
-                             f"this optimizer has {len(self.param_groups)}")
-        for i, (saved, group) in enumerate(zip(groups, self.param_groups)):
-            if len(saved["params"]) != len(group["params"]):
-                raise ValueError(f"parameter group {i} has {len(group['params'])} parameters, "
-                                 f"the state_dict's has {len(saved['params'])}")
-        params = self._params()
-        buffers = {}
-        for key, entry in state_dict["state"].items():
-            i = int(key)
-            if not 0 <= i < len(params):
-                raise ValueError(f"state_dict has a buffer for parameter {i}, "
-                                 f"but there are only {len(params)}")
-            p, buf = params[i], entry["momentum_buffer"]
-            if tuple(buf.shape) != tuple(p.data.shape):
-                raise ValueError(f"momentum buffer {i} has shape {tuple(buf.shape)}, "
-                                 f"its parameter {tuple(p.data.shape)}")
-            xp = get_array_module(p.data)
-            buffers[id(p)] = xp.array(buf, dtype=p.data.dtype)  # a copy on p's backend
-        merged = [{**group, **{k: v for k, v in saved.items() if k != "params"}}
-                  for saved, group in zip(groups, self.param_groups)]
-        for i, group in enumerate(merged):
-            _check_group(group, i)
-        self.param_groups[:] = merged
-        self.state = buffers
+class AdamW(Adam):
+    """AdamW (Loshchilov & Hutter 2019) as ``torch.optim.AdamW``: Adam whose weight decay shrinks
+    the weights, ``p *= 1 - lr * weight_decay``, instead of entering the gradient (and so the
+    moments); default ``weight_decay`` 0.01, torch's."""
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False):
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, decoupled_weight_decay=True)
 
 
 class LRSchedule:

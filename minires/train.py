@@ -4,6 +4,7 @@ The defaults are the recipe of He et al. 2015 for CIFAR ResNets: SGD with moment
 128, lr 0.1 divided by 10 at 50% and 75% of training (the paper's 32k and 48k of 64k
 iterations), weight decay 1e-4, per-pixel mean subtraction, 4-pixel pad + random crop + flip,
 164 epochs (64k iterations); ResNet-110 warms up at lr 0.01 for its first 400 iterations.
+``--optimizer adam`` or ``adamw`` trains with Adam or AdamW instead (lr 1e-3 unless --lr says).
 
 Everything a run produces goes to ``--out``: metrics.csv (one row per epoch), config.json,
 last.npz (model, optimizer, schedule, data position; written atomically at every epoch end and
@@ -37,7 +38,7 @@ from . import backend, distributed, models
 from .data import DatasetNotFoundError, make_cifar10_loaders
 from .nn import SyncBatchNorm
 from .nn.init import manual_seed
-from .optim import SGD, ConstantLR, CosineLR, MultiStepLR
+from .optim import SGD, Adam, AdamW, ConstantLR, CosineLR, MultiStepLR
 from .training import (CheckpointError, Interrupted, NonFiniteError, OutOfMemoryError, TrainingError,
                        TrainState, evaluate, fit, read_checkpoint)
 from .training.guard import non_finite
@@ -51,9 +52,26 @@ MAX_LR = 10.0
 MAX_EPOCHS = 10_000  # the paper trains 164; 10,000 epochs of ResNet-20 are weeks on a GPU
 CIFAR10_TRAIN_IMAGES = 50_000
 
+# --lr and --weight-decay when the command line does not give them: the paper's for SGD; for Adam
+# torch's lr with the paper's L2; for AdamW torch's lr and decoupled decay.
+OPTIMIZER_DEFAULTS = {"sgd": {"lr": 0.1, "weight_decay": 1e-4},
+                      "adam": {"lr": 1e-3, "weight_decay": 1e-4},
+                      "adamw": {"lr": 1e-3, "weight_decay": 1e-2}}
+
+
+class _Parser(argparse.ArgumentParser):
+    """Fills in the defaults of --lr and --weight-decay, which depend on --optimizer."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        args, rest = super().parse_known_args(args, namespace)
+        for name, value in OPTIMIZER_DEFAULTS[args.optimizer].items():
+            if not hasattr(args, name):  # argparse.SUPPRESS: not on the command line
+                setattr(args, name, value)
+        return args, rest
+
 
 def build_parser(exit_on_error=True):
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="python -m minires.train",
         description="Train a ResNet on CIFAR-10 with minires. Defaults reproduce He et al. 2015 (ResNet-20).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter, exit_on_error=exit_on_error)
@@ -66,17 +84,24 @@ def build_parser(exit_on_error=True):
     o = p.add_argument_group("optimisation")
     o.add_argument("--epochs", type=int, default=164, help="epochs (164 x 391 iterations = the paper's 64k)")
     o.add_argument("--batch-size", type=int, default=128, help="mini-batch size")
-    o.add_argument("--lr", type=float, default=0.1, help="base learning rate")
-    o.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    o.add_argument("--nesterov", action="store_true", help="Nesterov momentum")
-    o.add_argument("--weight-decay", type=float, default=1e-4, help="L2 weight decay")
+    o.add_argument("--optimizer", choices=("sgd", "adam", "adamw"), default="sgd",
+                   help="sgd: with momentum (the paper); adam: Adam, weight decay as L2 in the gradient; "
+                        "adamw: Adam with decoupled weight decay (p *= 1 - lr * wd), as torch.optim")
+    o.add_argument("--lr", type=float, default=argparse.SUPPRESS,
+                   help="base learning rate (default: 0.1 with sgd, 0.001 with adam and adamw)")
+    o.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (sgd only)")
+    o.add_argument("--nesterov", action="store_true", help="Nesterov momentum (sgd only)")
+    o.add_argument("--eps", type=float, default=1e-8,
+                   help="added to the root of Adam's second moment (adam and adamw only)")
+    o.add_argument("--weight-decay", type=float, default=argparse.SUPPRESS,
+                   help="weight decay (default: 1e-4 with sgd and adam, 0.01 with adamw)")
     o.add_argument("--no-bn-decay", action="store_true",
                    help="exclude BatchNorm parameters and biases from weight decay (the paper decays all weights)")
     o.add_argument("--schedule", choices=("multistep", "cosine", "constant"), default="multistep",
                    help="multistep: lr/10 at 50%% and 75%% of the iterations; cosine: to 0 at the end")
     o.add_argument("--warmup", type=int, default=None,
                    help="iterations at --warmup-lr before the schedule starts "
-                        "(default: 400 for depth >= 110 as in the paper, else 0)")
+                        "(default: 400 for depth >= 110 with sgd as in the paper, else 0)")
     o.add_argument("--warmup-lr", type=float, default=0.01, help="learning rate during the warm-up")
     o.add_argument("--label-smoothing", type=float, default=0.0, help="label smoothing of the cross-entropy")
     d = p.add_argument_group("data")
@@ -133,6 +158,9 @@ def check_args(args):
     _check_range(args, "momentum", 0, 1)
     _check_range(args, "weight_decay", 0, 1)
     _check_range(args, "label_smoothing", 0, 1)
+    _check_range(args, "eps", 0, 1, low_open=True)
+    if args.nesterov and args.optimizer != "sgd":
+        raise ValueError(f"--nesterov is SGD's momentum; --optimizer {args.optimizer} has none")
     if (args.warmup or 0) < 0:
         raise ValueError(f"--warmup must not be negative, got {args.warmup}")
     if args.epochs > MAX_EPOCHS:
@@ -180,12 +208,14 @@ def check_size(args):
 # it with other values would silently train on other images than the stopped run would have.
 SAME_INPUTS = ("limit_train", "normalization")
 SAME_BATCHES = ("batch_size", "seed", "no_augment")
+# The optimizer state it holds (momentum buffers, or Adam's moments) is one optimizer's.
+SAME_OPTIMIZER = ("optimizer",)
 
 
 def check_resume(args, checkpoint, path):
     """Reject a --resume checkpoint made with other values of the settings above."""
     config = checkpoint.get("config") or {}
-    names = SAME_INPUTS if args.eval_only else SAME_INPUTS + SAME_BATCHES
+    names = SAME_INPUTS if args.eval_only else SAME_INPUTS + SAME_BATCHES + SAME_OPTIMIZER
     for name in names:
         if name in config and config[name] != getattr(args, name):
             flag = "--" + name.replace("_", "-")
@@ -221,13 +251,21 @@ def param_groups(model, weight_decay, no_bn_decay):
     return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
 
 
+def build_optimizer(args, model):
+    groups = param_groups(model, args.weight_decay, args.no_bn_decay)
+    if args.optimizer == "sgd":
+        return SGD(groups, lr=args.lr, momentum=args.momentum, nesterov=args.nesterov)
+    return (Adam if args.optimizer == "adam" else AdamW)(groups, lr=args.lr, eps=args.eps)
+
+
 def build_schedule(args, optimizer, total_steps):
     warmup = args.warmup
     if warmup is None:
         # The paper finds lr 0.1 "slightly too large to start converging" for ResNet-110 and
         # warms it (and ResNet-1202) up at 0.01; --help promises this for every depth >= 110.
+        # Adam's lr is below that warm-up lr already.
         depth = model_depth(args)
-        warmup = 400 if depth is not None and depth >= 110 else 0
+        warmup = 400 if args.optimizer == "sgd" and depth is not None and depth >= 110 else 0
     common = dict(warmup_steps=warmup, warmup_lr=args.warmup_lr)
     if args.schedule == "multistep":
         return MultiStepLR(optimizer, [total_steps // 2, (3 * total_steps) // 4], gamma=0.1, **common)
@@ -328,8 +366,7 @@ def run(args, checkpoint=None, comm=None):
     if comm is not None:  # before the first exchange of arrays, whose sizes would differ
         distributed.check_agreement(comm, agreement_fields(args, info, [("training", train_loader),
                                                                         ("test", test_loader)]))
-    optimizer = SGD(param_groups(model, args.weight_decay, args.no_bn_decay), lr=args.lr,
-                    momentum=args.momentum, nesterov=args.nesterov)
+    optimizer = build_optimizer(args, model)
     schedule = build_schedule(args, optimizer, args.epochs * len(train_loader))
     state = TrainState(model, optimizer, schedule, train_loader)
     if checkpoint is not None:

@@ -2,8 +2,9 @@
 ``read_checkpoint``, which checks a checkpoint file before anything is taken from it.
 
 Nothing that is not a finite number is ever written over a checkpoint: ``Snapshot.save`` checks
-the weights, BatchNorm statistics and momentum buffers first (a diverging run that is stopped
-with Ctrl-C keeps its last good checkpoint). Files are written atomically by ``minires.save``.
+the weights, BatchNorm statistics and optimizer state (momentum, Adam's moments) first (a
+diverging run that is stopped with Ctrl-C keeps its last good checkpoint). Files are written
+atomically by ``minires.save``.
 """
 import math
 import numbers
@@ -22,10 +23,11 @@ HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", 
 
 
 def checkpoint_arrays(checkpoint):
-    """The arrays the guard checks: the model's entries and the optimizer's momentum buffers."""
+    """The arrays the guard checks: the model's entries and the optimizer's per-parameter arrays
+    (SGD's momentum buffers, Adam's moments)."""
     arrays = {f"model/{k}": v for k, v in checkpoint.get("model", {}).items()}
     for i, entry in checkpoint.get("optimizer", {}).get("state", {}).items():
-        arrays[f"optimizer/state/{i}/momentum_buffer"] = entry["momentum_buffer"]
+        arrays.update({f"optimizer/state/{i}/{name}": v for name, v in entry.items() if name != "step"})
     return arrays
 
 
@@ -149,15 +151,26 @@ def read_checkpoint(path, training=True):
     optimizer = check.dict(checkpoint["optimizer"], "optimizer", ("state", "param_groups"))
     for i, entry in check.dict(optimizer["state"], "optimizer/state").items():
         check.int(i, f"optimizer/state/{i} (its key)")
-        check.dict(entry, f"optimizer/state/{i}", ("momentum_buffer",))
-        check.real_array(entry["momentum_buffer"], f"optimizer/state/{i}/momentum_buffer")
+        # SGD keeps a momentum_buffer, Adam a step count and its moments (minires.optim).
+        for name, value in check.dict(entry, f"optimizer/state/{i}").items():
+            if name == "step":
+                check.int(value, f"optimizer/state/{i}/step", low=1)
+            else:
+                check.real_array(value, f"optimizer/state/{i}/{name}")
     for i, group in enumerate(check.list(optimizer["param_groups"], "optimizer/param_groups")):
         where = f"optimizer/param_groups/{i}"
-        check.dict(group, where, ("params", "lr", "momentum", "dampening", "weight_decay", "nesterov"))
-        for k in ("lr", "momentum", "dampening", "weight_decay"):
-            check.number(group[k], f"{where}/{k}")
-        if not isinstance(group["nesterov"], bool):
-            check.fail(f"{where}/nesterov", "true or false", group["nesterov"])
+        check.dict(group, where, ("params", "lr", "weight_decay"))
+        for k, value in group.items():
+            if k in ("nesterov", "amsgrad", "decoupled_weight_decay"):
+                if not isinstance(value, bool):
+                    check.fail(f"{where}/{k}", "true or false", value)
+            elif k == "betas":
+                if not isinstance(value, (tuple, list)) or len(value) != 2:
+                    check.fail(f"{where}/betas", "a pair of numbers", value)
+                for j, beta in enumerate(value):
+                    check.number(beta, f"{where}/betas/{j}")
+            elif k != "params":
+                check.number(value, f"{where}/{k}")
         for j, index in enumerate(check.list(group["params"], f"{where}/params")):
             check.int(index, f"{where}/params/{j}")
     schedule = check.dict(checkpoint["schedule"], "schedule", ("step", "base_lrs"))
