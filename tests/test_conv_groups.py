@@ -148,7 +148,8 @@ def test_im2col_col2im_adjoint_with_groups_and_dilation(groups, dilation):
     xpad = np.pad(x0, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
     cg = shape[1] // groups
     for g, i, j, c, yy, xx in [(groups - 1, 2, 1, cg - 1, 1, 3), (0, 1, 0, 0, 0, 0)]:
-        np.testing.assert_array_equal(col7[g, i, j, c, :, yy, xx], xpad[:, g * cg + c, yy * sy + i * dy, xx * sx + j * dx])
+        expected = xpad[:, g * cg + c, yy * sy + i * dy, xx * sx + j * dx]
+        np.testing.assert_array_equal(col7[g, i, j, c, :, yy, xx], expected)
 
 
 def test_output_size_with_dilation():
@@ -164,7 +165,7 @@ def test_output_size_with_dilation():
     ((1, 8, 5, 5), (8, 8, 3, 3), {"groups": 0}, "groups must be a positive int, got 0"),
     ((1, 8, 5, 5), (8, 8, 3, 3), {"groups": 2.0}, "groups must be a positive int"),
     ((1, 4, 5, 5), (4, 4, 3, 3), {"dilation": 0}, "dilation must be >= 1"),
-    ((1, 4, 5, 5), (4, 4, 3, 3), {"dilation": 3}, "spanning 7x7 with dilation 3\\) is larger than the padded input 5x5"),
+    ((1, 4, 5, 5), (4, 4, 3, 3), {"dilation": 3}, "spanning 7x7 with dilation 3\\) is larger than the padded input"),
     ((1, 4, 5, 5), (4, 4, 3, 3), {"dilation": (1, 2, 3)}, "dilation must be an int or a pair"),
 ])
 @pytest.mark.parametrize("conv", [F.conv2d, F.conv2d_simple], ids=["fast", "simple"])

@@ -179,7 +179,10 @@ def torch_nets():
     class ResNeXt(tnn.Module):
         def __init__(self, layers, groups, base_width, num_classes, stem):
             super().__init__()
-            self.conv1 = tnn.Conv2d(3, 64, 7, 2, 3, bias=False) if stem == "imagenet" else tnn.Conv2d(3, 64, 3, 1, 1, bias=False)
+            if stem == "imagenet":
+                self.conv1 = tnn.Conv2d(3, 64, 7, 2, 3, bias=False)
+            else:
+                self.conv1 = tnn.Conv2d(3, 64, 3, 1, 1, bias=False)
             self.bn1 = tnn.BatchNorm2d(64)
             self.pool = tnn.MaxPool2d(3, 2, 1) if stem == "imagenet" else tnn.Identity()
             cin = 64
