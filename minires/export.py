@@ -26,7 +26,8 @@ def build_parser():
     return p
 
 
-IMAGENET_FAMILY = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+IMAGENET_FAMILY = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
+                   "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2")
 
 
 def model_from_checkpoint(checkpoint, name=None, shortcut=None):

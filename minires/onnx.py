@@ -117,7 +117,7 @@ def _owner(b, f, index=1, default="node"):
 def _conv(b, f, xs):
     kh, kw = f.inputs[1].shape[2:]  # W (O, C, kh, kw)
     return b.node("Conv", xs, _owner(b, f), kernel_shape=[kh, kw], strides=[f.sy, f.sx],
-                  pads=[f.ph, f.pw, f.ph, f.pw])
+                  pads=[f.ph, f.pw, f.ph, f.pw], dilations=[f.dy, f.dx], group=f.groups)
 
 
 def _batch_norm(b, f, xs):

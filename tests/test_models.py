@@ -252,7 +252,9 @@ def test_train_mode_depends_on_the_batch():
 def test_names():
     assert models.names() == ["resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet1202",
                               "resnet56v2", "resnet110v2", "resnet164v2", "resnet1001v2",
-                              "resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
+                              "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
+                              "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2",
+                              "wide_resnet101_2", "wrn16_8", "wrn28_10", "wrn40_4"]
 
 
 def test_a_model_registers_itself_where_it_is_defined(monkeypatch):

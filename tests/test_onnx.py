@@ -11,7 +11,9 @@ ort = pytest.importorskip("onnxruntime", reason="running exported models needs o
 import minires.onnx  # noqa: E402  (after the skips: it is only importable usefully with onnx)
 from minires import export as export_cli  # noqa: E402
 
-SLOW = {"resnet1202", "resnet1001v2", "resnet101", "resnet152"}
+SLOW = {"resnet1202", "resnet1001v2", "resnet101", "resnet152", "resnext50_32x4d", "wrn28_10"}
+# 65M to 127M parameters: the same classes as resnext50_32x4d, tested here, only deeper or wider
+TOO_BIG = {"resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2"}
 
 
 def randomize_batch_norm(model, seed=0, gamma=(0.5, 1.5)):
@@ -45,7 +47,7 @@ def assert_close(y, expected, rel=1e-4):
     assert err <= rel, f"relative difference {err:.2e} > {rel:.0e}"
 
 
-CASES = [(name, {}) for name in models.names()] + [
+CASES = [(name, {}) for name in models.names() if name not in TOO_BIG] + [
     ("resnet20", {"shortcut": "B"}), ("resnet18", {"stem": "imagenet"}), ("resnet50", {"stem": "imagenet"})]
 
 

@@ -131,7 +131,9 @@ class Conv2dWinogradFunction(Function):
     transformed input, 4x the input) is recomputed in backward rather than kept.
     """
 
-    sy = sx = 1  # the stride, always 1 (named as in Conv2dFunction, for the ONNX exporter)
+    # stride, dilation and groups, always 1 (named as in Conv2dFunction, for the ONNX exporter):
+    # conv2d falls back to im2col for every other convolution
+    sy = sx = dy = dx = groups = 1
 
     def __init__(self, padding=(1, 1)):
         self.ph, self.pw = padding

@@ -4,8 +4,12 @@
   ``resnet20`` ... ``resnet1202``, ``cifar_resnet(depth)``.
 - ``preact``: pre-activation bottleneck ResNet v2 for CIFAR (He et al. 2016), depth 9n+2:
   ``resnet56v2`` ... ``resnet1001v2``, ``preact_resnet(depth)``.
-- ``resnet``: ResNet-18/34 (basic block) and 50/101/152 (bottleneck), ``stem="cifar"`` or
-  ``"imagenet"``, with torchvision's state-dict names.
+- ``resnet``: ResNet-18/34 (basic block) and 50/101/152 (bottleneck), ResNeXt
+  (``resnext50_32x4d``, ``resnext101_32x8d``, ``resnext101_64x4d``) and torchvision's Wide ResNet
+  (``wide_resnet50_2``, ``wide_resnet101_2``), ``stem="cifar"`` or ``"imagenet"``, with
+  torchvision's state-dict names.
+- ``wide``: Zagoruyko & Komodakis' CIFAR Wide ResNets WRN-d-k, depth 6n+4: ``wrn16_8``,
+  ``wrn28_10``, ``wrn40_4``, ``wide_resnet(depth, k)``.
 - ``blocks``: the residual blocks they share (``BasicBlock``, ``Bottleneck``, ``projection``).
 - ``registry``: ``create(name, **kwargs)``, ``names()``, and ``@register_model(name)``, with which
   each model function registers itself where it is defined.
@@ -18,7 +22,9 @@ from .cifar import (CifarResNet, PadShortcut, cifar_resnet, resnet20, resnet32, 
 from .preact import (PreActBottleneck, PreActResNet, preact_resnet, resnet56v2, resnet110v2,
                      resnet164v2, resnet1001v2)
 from .registry import create, names, register_model
-from .resnet import ResNet, resnet18, resnet34, resnet50, resnet101, resnet152
+from .resnet import (ResNet, resnet18, resnet34, resnet50, resnet101, resnet152, resnext50_32x4d,
+                     resnext101_32x8d, resnext101_64x4d, wide_resnet50_2, wide_resnet101_2)
+from .wide import WideBasicBlock, WideResNet, wide_resnet, wrn16_8, wrn28_10, wrn40_4
 
 __all__ = [
     "create", "names", "register_model",
@@ -27,4 +33,6 @@ __all__ = [
     "PreActBottleneck", "PreActResNet", "preact_resnet", "resnet56v2", "resnet110v2", "resnet164v2",
     "resnet1001v2",
     "BasicBlock", "Bottleneck", "ResNet", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
+    "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2",
+    "WideBasicBlock", "WideResNet", "wide_resnet", "wrn16_8", "wrn28_10", "wrn40_4",
 ]

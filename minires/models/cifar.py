@@ -32,12 +32,13 @@ class PadShortcut(nn.Module):
         return f"out_channels={self.out_channels}, stride={self.stride}"
 
 
-def check_depth(depth, step, name):
-    """Raise ValueError unless depth = step * n + 2 for some n >= 1 (listing the valid depths)."""
-    if not isinstance(depth, int) or isinstance(depth, bool) or depth < step + 2 or (depth - 2) % step:
-        examples = ", ".join(str(step * n + 2) for n in range(1, 7))
-        raise ValueError(f"{name}: depth must be {step}n+2 with n >= 1 ({examples}, ...), got {depth!r}")
-    return (depth - 2) // step
+def check_depth(depth, step, name, offset=2):
+    """Raise ValueError unless depth = step * n + offset for some n >= 1 (listing the valid depths); n."""
+    if (not isinstance(depth, int) or isinstance(depth, bool) or depth < step + offset
+            or (depth - offset) % step):
+        examples = ", ".join(str(step * n + offset) for n in range(1, 7))
+        raise ValueError(f"{name}: depth must be {step}n+{offset} with n >= 1 ({examples}, ...), got {depth!r}")
+    return (depth - offset) // step
 
 
 class CifarResNet(nn.Module):

@@ -1,4 +1,5 @@
-"""ResNet-18/34/50/101/152 (He et al. 2015) with torchvision's layer names (blocks in ``blocks.py``).
+"""ResNet-18/34/50/101/152 (He et al. 2015), ResNeXt (Xie et al. 2017) and Wide ResNet-50/101
+(torchvision's) with torchvision's layer names (blocks in ``blocks.py``).
 
 A network is a stem, four stages of residual blocks with 64, 128, 256, 512 base channels, a
 global average pool and a fully connected layer. The first block of stages 2-4 halves the
@@ -10,6 +11,12 @@ Two stems:
 - ``"imagenet"``: 7x7 conv stride 2, BN, ReLU, 3x3 max pool stride 2 (224x224 -> 56x56);
 - ``"cifar"``: 3x3 conv stride 1, BN, ReLU, no pool, so a 32x32 image keeps its resolution
   into stage 1 (the kuangliu/pytorch-cifar variant).
+
+ResNeXt and torchvision's Wide ResNet are the bottleneck ResNet-50/101 with another inner width
+int(channels * width_per_group / 64) * groups and a 3x3 conv of ``groups`` groups:
+resnext50_32x4d is groups=32, width_per_group=4; wide_resnet50_2 is width_per_group=128 (twice
+ResNet-50's inner width, the 1x1 expansions as wide as before). Zagoruyko & Komodakis' CIFAR
+Wide ResNets (WRN-28-10 ...) are in ``wide.py``.
 """
 from .. import nn
 from .blocks import BasicBlock, Bottleneck, check_num_classes, conv3x3, projection
@@ -28,14 +35,14 @@ class ResNet(nn.Module):
 
     conv_bn_pairs = (("conv1", "bn1"),)
 
-    def __init__(self, block, layers, num_classes=1000, stem="imagenet"):
+    def __init__(self, block, layers, num_classes=1000, stem="imagenet", groups=1, width_per_group=64):
         super().__init__()
         if stem not in STEMS:
             raise ValueError(f"stem must be one of {', '.join(STEMS)}, got {stem!r}")
         if len(layers) != 4 or min(layers) < 1:
             raise ValueError(f"layers must be 4 positive block counts, got {layers!r}")
         check_num_classes(num_classes)
-        self.stem = stem
+        self.stem, self.groups, self.width_per_group = stem, groups, width_per_group
         if stem == "imagenet":
             self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
         else:
@@ -57,10 +64,11 @@ class ResNet(nn.Module):
         downsample = None
         if stride != 1 or self.in_channels != out_channels:
             downsample = projection(self.in_channels, out_channels, stride)
-        stage = [block(self.in_channels, channels, stride, downsample)]
+        width = dict(groups=self.groups, base_width=self.width_per_group)
+        stage = [block(self.in_channels, channels, stride, downsample, **width)]
         self.in_channels = out_channels
         for _ in range(1, blocks):
-            stage.append(block(out_channels, channels))
+            stage.append(block(out_channels, channels, **width))
         return nn.Sequential(*stage)
 
     def forward(self, x):
@@ -71,13 +79,16 @@ class ResNet(nn.Module):
         return self.fc(self.avgpool(x))
 
     def extra_repr(self):
-        return f"stem={self.stem!r}"
+        s = f"stem={self.stem!r}"
+        if (self.groups, self.width_per_group) != (1, 64):
+            s += f", groups={self.groups}, width_per_group={self.width_per_group}"
+        return s
 
 
-def _resnet(block, layers, num_classes, stem):
+def _resnet(block, layers, num_classes, stem, groups=1, width_per_group=64):
     if num_classes is None:
         num_classes = 1000 if stem == "imagenet" else 10
-    return ResNet(block, layers, num_classes, stem)
+    return ResNet(block, layers, num_classes, stem, groups, width_per_group)
 
 
 @register_model("resnet18")
@@ -109,3 +120,35 @@ def resnet101(num_classes=None, stem="cifar"):
 def resnet152(num_classes=None, stem="cifar"):
     """ResNet-152: Bottleneck, [3, 8, 36, 3]. 58,156,618 parameters (cifar, 10 classes)."""
     return _resnet(Bottleneck, [3, 8, 36, 3], num_classes, stem)
+
+
+@register_model("resnext50_32x4d")
+def resnext50_32x4d(num_classes=None, stem="cifar"):
+    """ResNeXt-50 32x4d: ResNet-50 with 32 groups of width 4 in the first stage's 3x3 conv.
+    25,028,904 parameters (imagenet, 1000 classes); 22,992,714 (cifar, 10)."""
+    return _resnet(Bottleneck, [3, 4, 6, 3], num_classes, stem, groups=32, width_per_group=4)
+
+
+@register_model("resnext101_32x8d")
+def resnext101_32x8d(num_classes=None, stem="cifar"):
+    """ResNeXt-101 32x8d. 88,791,336 parameters (imagenet, 1000 classes); 86,755,146 (cifar, 10)."""
+    return _resnet(Bottleneck, [3, 4, 23, 3], num_classes, stem, groups=32, width_per_group=8)
+
+
+@register_model("resnext101_64x4d")
+def resnext101_64x4d(num_classes=None, stem="cifar"):
+    """ResNeXt-101 64x4d. 83,455,272 parameters (imagenet, 1000 classes); 81,419,082 (cifar, 10)."""
+    return _resnet(Bottleneck, [3, 4, 23, 3], num_classes, stem, groups=64, width_per_group=4)
+
+
+@register_model("wide_resnet50_2")
+def wide_resnet50_2(num_classes=None, stem="cifar"):
+    """Wide ResNet-50-2 (torchvision's): ResNet-50 with twice the bottleneck width.
+    68,883,240 parameters (imagenet, 1000 classes); 66,847,050 (cifar, 10)."""
+    return _resnet(Bottleneck, [3, 4, 6, 3], num_classes, stem, width_per_group=128)
+
+
+@register_model("wide_resnet101_2")
+def wide_resnet101_2(num_classes=None, stem="cifar"):
+    """Wide ResNet-101-2 (torchvision's). 126,886,696 parameters (imagenet, 1000 classes); 124,850,506 (cifar, 10)."""
+    return _resnet(Bottleneck, [3, 4, 23, 3], num_classes, stem, width_per_group=128)

@@ -12,21 +12,29 @@ def _empty(shape, dtype="float32"):
 
 
 class Conv2d(Module):
-    """2-D convolution, weight (out, in, kh, kw) with He-normal init; bias (out,) if ``bias``.
+    """2-D convolution, weight (out, in / groups, kh, kw) with He-normal init; bias (out,) if ``bias``.
 
-    ``fold`` is set by ``Module.fuse()`` when a batch norm follows (see ``nn.fusion``).
+    ``dilation`` and ``groups`` as in PyTorch (``F.conv2d``). ``fold`` is set by ``Module.fuse()``
+    when a batch norm follows (see ``nn.fusion``).
     """
 
     fold = None
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True):
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1, bias=True):
         super().__init__()
         if in_channels < 1 or out_channels < 1:
             raise ValueError(f"Conv2d needs positive channel counts, got in={in_channels}, out={out_channels}")
+        if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
+            raise ValueError(f"Conv2d: groups must be a positive int, got {groups!r}")
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"Conv2d: groups={groups} must divide in_channels={in_channels} and "
+                             f"out_channels={out_channels}")
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size = pair(kernel_size, "kernel_size")
         self.stride, self.padding = pair(stride, "stride"), pair(padding, "padding")
-        self.weight = init.kaiming_normal_(Parameter(_empty((out_channels, in_channels) + self.kernel_size)))
+        self.dilation, self.groups = pair(dilation, "dilation"), groups
+        shape = (out_channels, in_channels // groups) + self.kernel_size
+        self.weight = init.kaiming_normal_(Parameter(_empty(shape)))
         if bias:
             self.bias = init.constant_(Parameter(_empty((out_channels,))), 0.0)
         else:
@@ -35,13 +43,17 @@ class Conv2d(Module):
     def forward(self, x):
         if self.fold is not None and self.fold.active():
             W, b = self.fold.weights()  # this conv with the batch norm after it folded in
-            return F.conv2d(x, W, b, self.stride, self.padding)
-        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding)
+            return F.conv2d(x, W, b, self.stride, self.padding, self.dilation, self.groups)
+        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
     def extra_repr(self):
         s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
         if self.padding != (0, 0):
             s += f", padding={self.padding}"
+        if self.dilation != (1, 1):
+            s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
         return s + ("" if self.bias is not None else ", bias=False")
 
 

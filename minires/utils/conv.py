@@ -2,15 +2,19 @@
 
 - ``pair``: an int or a pair of ints as a (vertical, horizontal) pair;
 - ``output_size``: how many positions a window of size k takes along an axis;
+- ``col_shape``: the shape of im2col's result;
 - ``pad2d``: pad the two spatial axes of an NCHW array;
 - ``im2col`` / ``col2im``: the copies that turn a convolution into one matrix product, and
   their adjoint;
 - ``workspace`` / ``clear_workspace``: reused scratch buffers for the column matrices.
 
 im2col copies, for every kernel tap (i, j), the input pixels that tap sees into one block of
-a matrix: a loop over the kh x kw taps, each one strided slice of the padded input. col2im,
-its adjoint, is the same loop with ``+=``. The column layout is (kh, kw, C, N, Ho, Wo), so that
-a weight matrix W2 = (O, kh*kw*C) multiplies it in one product whose long side is contiguous.
+a matrix: a loop over the kh x kw taps, each one strided slice of the padded input (tap (i, j)
+of a kernel dilated by d starts at (d*i, d*j)). col2im, its adjoint, is the same loop with
+``+=``. The column layout is (kh, kw, C, N, Ho, Wo), so that a weight matrix W2 = (O, kh*kw*C)
+multiplies it in one product whose long side is contiguous. A grouped convolution gets
+(G, kh, kw, C/G, N, Ho, Wo): each group's channels a block of their own, so that the G
+per-group products are one batched matrix product.
 """
 import numpy
 
@@ -33,9 +37,10 @@ def pair(v, name):
     return int(v[0]), int(v[1])
 
 
-def output_size(size, k, s, p):
-    """Positions of a window of size ``k`` with stride ``s`` over ``size`` padded by ``p`` on each side."""
-    return (size + 2 * p - k) // s + 1
+def output_size(size, k, s, p, d=1):
+    """Positions of a window of size ``k`` dilated by ``d`` (spanning d*(k-1) + 1), with stride ``s``,
+    over ``size`` padded by ``p`` on each side."""
+    return (size + 2 * p - d * (k - 1) - 1) // s + 1
 
 
 def pad2d(x, ph, pw, value=0):
@@ -49,32 +54,50 @@ def pad2d(x, ph, pw, value=0):
     return out
 
 
-def im2col(x, kh, kw, sy, sx, ph, pw, out=None):
-    """x (N, C, H, W) -> col (kh, kw, C, N, Ho, Wo) with col[i, j, c, n, y, x] = xpad[n, c, y*sy + i, x*sx + j].
+def col_shape(x_shape, kh, kw, sy, sx, ph, pw, dy=1, dx=1, groups=1):
+    """The shape of ``im2col``'s result for an input of ``x_shape`` (N, C, H, W)."""
+    n, c, h, w = x_shape
+    ho, wo = output_size(h, kh, sy, ph, dy), output_size(w, kw, sx, pw, dx)
+    if groups == 1:
+        return (kh, kw, c, n, ho, wo)
+    return (groups, kh, kw, c // groups, n, ho, wo)
 
-    ``out``, if given, is the array to fill (e.g. a ``workspace``) instead of a new one.
+
+def im2col(x, kh, kw, sy, sx, ph, pw, dy=1, dx=1, groups=1, out=None):
+    """x (N, C, H, W) -> col (kh, kw, C, N, Ho, Wo), col[i, j, c, n, y, x] = xpad[n, c, y*sy + i*dy, x*sx + j*dx].
+
+    (dy, dx) is the dilation. With ``groups`` G > 1, col is (G, kh, kw, C/G, N, Ho, Wo) with
+    col[g, i, j, c] the tap (i, j) of channel g*C/G + c. ``out``, if given, is the array to fill
+    (e.g. a ``workspace``) instead of a new one.
     """
     xp = backend.get_array_module(x)
     n, c, h, w = x.shape
-    ho, wo = output_size(h, kh, sy, ph), output_size(w, kw, sx, pw)
-    xt = pad2d(x, ph, pw).transpose(1, 0, 2, 3)  # (C, N, Hp, Wp) view
-    col = xp.empty((kh, kw, c, n, ho, wo), x.dtype) if out is None else out
+    shape = col_shape(x.shape, kh, kw, sy, sx, ph, pw, dy, dx, groups)
+    ho, wo = shape[-2:]
+    xpad = pad2d(x, ph, pw)
+    xt = xpad.reshape(n, groups, c // groups, *xpad.shape[2:]).transpose(1, 2, 0, 3, 4)  # (G, C/G, N, Hp, Wp) view
+    col = xp.empty(shape, x.dtype) if out is None else out
+    colg = col.reshape(groups, kh, kw, c // groups, n, ho, wo)  # a view, G = 1 included
     for i in range(kh):
         for j in range(kw):
-            col[i, j] = xt[:, :, i:i + sy * ho:sy, j:j + sx * wo:sx]
+            colg[:, i, j] = xt[..., i * dy:i * dy + sy * ho:sy, j * dx:j * dx + sx * wo:sx]
     return col
 
 
-def col2im(col, x_shape, sy, sx, ph, pw):
-    """The adjoint of im2col: col (kh, kw, C, N, Ho, Wo) -> x (N, C, H, W), overlapping taps summed."""
+def col2im(col, x_shape, sy, sx, ph, pw, dy=1, dx=1):
+    """The adjoint of im2col: col (kh, kw, C, N, Ho, Wo) or grouped (G, kh, kw, C/G, N, Ho, Wo)
+    -> x (N, C, H, W), overlapping taps summed."""
     xp = backend.get_array_module(col)
-    kh, kw, c, n, ho, wo = col.shape
+    if col.ndim == 6:
+        col = col[None]  # one group
+    groups, kh, kw, cg, n, ho, wo = col.shape
     _, _, h, w = x_shape
-    xt = xp.zeros((c, n, h + 2 * ph, w + 2 * pw), col.dtype)
+    xt = xp.zeros((groups, cg, n, h + 2 * ph, w + 2 * pw), col.dtype)  # (G, C/G, N, Hp, Wp)
     for i in range(kh):
         for j in range(kw):
-            xt[:, :, i:i + sy * ho:sy, j:j + sx * wo:sx] += col[i, j]
-    return xp.ascontiguousarray(xt[:, :, ph:ph + h, pw:pw + w].transpose(1, 0, 2, 3))  # (N, C, H, W)
+            xt[..., i * dy:i * dy + sy * ho:sy, j * dx:j * dx + sx * wo:sx] += col[:, i, j]
+    x = xt.reshape(groups * cg, n, h + 2 * ph, w + 2 * pw)[:, :, ph:ph + h, pw:pw + w]  # (C, N, H, W)
+    return xp.ascontiguousarray(x.transpose(1, 0, 2, 3))  # (N, C, H, W)
 
 
 _workspace = {}
