@@ -3,11 +3,16 @@
 The checkpoint is read with ``minires.load`` (no pickle). A checkpoint written by
 ``python -m minires.train`` (``last.npz`` or ``best.npz``) names its model in its run config; a
 bare state dict (``minires.save(model.state_dict(), path)``) needs ``--model``.
+
+``--with-preprocessing`` puts the input normalisation the checkpoint stores into the graph, whose
+input is then float32 (N, 3, 32, 32) RGB in [0, 1] (``minires.image.to_unit`` of
+``minires.image.load_images``: the images ``minires.predict`` reads).
 """
 import argparse
 import sys
 
 from . import models
+from .data.transforms import check_preprocessing
 from .onnx import OPSET, UnsupportedOperatorError, export
 from .serialization import load
 
@@ -23,6 +28,8 @@ def build_parser():
     p.add_argument("--input-shape", type=int, nargs=3, default=(3, 32, 32), metavar=("C", "H", "W"),
                    help="shape of one image")
     p.add_argument("--opset", type=int, default=OPSET, help="ONNX opset")
+    p.add_argument("--with-preprocessing", action="store_true",
+                   help="normalise inside the graph as the checkpoint's run did: the input is then RGB in [0, 1]")
     return p
 
 
@@ -68,11 +75,21 @@ def main(argv=None):
             model.load_state_dict(state)
         except (KeyError, ValueError) as e:
             raise ValueError(f"{args.checkpoint} does not fit {type(model).__name__}: {e}") from None
-        export(model, args.output, input_shape=(1,) + tuple(args.input_shape), opset=args.opset)
+        preprocessing = None
+        if args.with_preprocessing:
+            preprocessing = checkpoint.get("preprocessing")
+            if preprocessing is None:
+                raise ValueError(f"{args.checkpoint} stores no preprocessing (a bare state dict, or a checkpoint "
+                                 f"written before checkpoints did): export it without --with-preprocessing")
+            check_preprocessing(preprocessing, f"{args.checkpoint}: preprocessing")
+        export(model, args.output, input_shape=(1,) + tuple(args.input_shape), opset=args.opset,
+               preprocessing=preprocessing)
     except (OSError, ValueError, ImportError, UnsupportedOperatorError) as e:
         print(f"minires.export: error: {e}", file=sys.stderr)
         return 2
-    print(f"wrote {args.output} ({type(model).__name__}, opset {args.opset}, input (N, {', '.join(map(str, args.input_shape))}))")
+    what = "RGB in [0, 1], normalised inside" if args.with_preprocessing else "preprocessed as in training"
+    print(f"wrote {args.output} ({type(model).__name__}, opset {args.opset}, input (N, "
+          f"{', '.join(map(str, args.input_shape))}), {what})")
     return 0
 
 
