@@ -48,15 +48,17 @@ def model_spec(config):
 
 
 def recipe_of(config):
-    """The --recipe the run used: its config's, else the recipe all of whose values it has
-    (a run from before --recipe existed), else "custom"."""
+    """(the --recipe the run used, {option: value} where its options differ from that recipe).
+    For a run from before --recipe existed: the recipe that differs from its options least."""
     from ..train import RECIPES  # the command line's table; imported here, it pulls in the CLI
-    if config.get("recipe") in RECIPES and all(config.get(k) == v for k, v in RECIPES[config["recipe"]].items()):
-        return config["recipe"]
-    for name, values in RECIPES.items():
-        if all(config.get(k) == v for k, v in values.items()):
-            return name
-    return "custom"
+
+    def changes(name):
+        return {k: config.get(k) for k, v in RECIPES[name].items() if config.get(k) != v}
+
+    name = config.get("recipe")
+    if name not in RECIPES:
+        name = min(RECIPES, key=lambda n: len(changes(n)))
+    return name, changes(name)
 
 
 def final_test_accuracy(folder, epoch):
@@ -111,13 +113,15 @@ def package(checkpoint_path, name=None, commit=None, data_dir=None, dest=WEIGHTS
         if classes is None:
             classes = list(load_class_names(folder))
 
+    recipe, recipe_changes = recipe_of(config)
     os.makedirs(dest, exist_ok=True)
     weights_path = os.path.join(dest, f"{model_name}.npz")
     save(state, weights_path)
     manifest = {
         "model": model_name, "kwargs": kwargs, "file": os.path.basename(weights_path),
         "sha256": file_sha256(weights_path), "test_acc": final_test_accuracy(os.path.dirname(checkpoint_path), epoch),
-        "test_images": config.get("limit_test") or 10000, "epochs": epoch, "recipe": recipe_of(config),
+        "test_images": config.get("limit_test") or 10000, "epochs": epoch, "recipe": recipe,
+        "recipe_changes": recipe_changes,
         "commit": commit, "classes": list(classes), "preprocessing": preprocessing_to_json(preprocessing),
         "config": config,
     }
@@ -125,7 +129,8 @@ def package(checkpoint_path, name=None, commit=None, data_dir=None, dest=WEIGHTS
         json.dump(manifest, f, indent=1)
         f.write("\n")
     log(f"wrote {weights_path} ({os.path.getsize(weights_path) / 1e6:.2f} MB) and {model_name}.json: "
-        f"test accuracy {100 * manifest['test_acc']:.2f}% after {epoch} epochs, recipe {manifest['recipe']}, "
+        f"test accuracy {100 * manifest['test_acc']:.2f}% after {epoch} epochs, recipe {recipe}"
+        f"{''.join(f', {k}={v}' for k, v in recipe_changes.items())}; "
         f"commit {commit}")
     return manifest
 
