@@ -291,8 +291,8 @@ def test_the_shipped_resnet20_reproduces_its_accuracy_on_the_test_set(cifar10_di
         pytest.skip("no weights ship for resnet20 yet: they are packaged from issue 18's finished 50-epoch run "
                     "(python -m minires.weights.package)")
     manifest = weights.read_manifest("resnet20")
-    result = train.run(train.parse_args(train.build_parser(), [
-        "--eval-only", "--pretrained", "resnet20", "--data-dir", str(cifar10_dir.parent), "--batch-size", "500",
-        "--out", "report"]))
     assert manifest["test_images"] == 10000
+    result = train.run(train.parse_args(train.build_parser(), [
+        "--eval-only", "--pretrained", "resnet20", "--data-dir", str(cifar10_dir), "--batch-size", "500",
+        "--out", "report"]))
     assert abs(result["test_acc"] - manifest["test_acc"]) * 10000 <= 2, (result["test_acc"], manifest["test_acc"])
