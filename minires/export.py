@@ -6,7 +6,8 @@ bare state dict (``minires.save(model.state_dict(), path)``) needs ``--model``.
 
 ``--with-preprocessing`` puts the input normalisation the checkpoint stores into the graph, whose
 input is then float32 (N, 3, 32, 32) RGB in [0, 1] (``minires.image.to_unit`` of
-``minires.image.load_images``: the images ``minires.predict`` reads).
+``minires.image.load_images``: the images ``minires.predict`` reads). ``--pretrained resnet20``
+exports the weights that ship with minires instead of a checkpoint.
 """
 import argparse
 import sys
@@ -15,13 +16,16 @@ from . import models
 from .data.transforms import check_preprocessing
 from .onnx import OPSET, UnsupportedOperatorError, export
 from .serialization import load
+from .weights import pretrained_checkpoint
 
 
 def build_parser():
     p = argparse.ArgumentParser(prog="python -m minires.export", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("checkpoint", help="a .npz from python -m minires.train, or a saved state dict")
+    p.add_argument("checkpoint", nargs="?", help="a .npz from python -m minires.train, or a saved state dict")
     p.add_argument("output", help="the .onnx file to write")
+    p.add_argument("--pretrained", metavar="NAME", help="instead of a checkpoint: the weights that ship with "
+                                                        "minires for NAME (e.g. resnet20)")
     p.add_argument("--model", help="model name (minires.models.names()); default: the checkpoint's run config")
     p.add_argument("--shortcut", choices=("A", "B"), help="CIFAR v1 shortcut, with --model "
                                                           "(default: the checkpoint's, else A)")
@@ -67,9 +71,15 @@ def model_from_checkpoint(checkpoint, name=None, shortcut=None):
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if (args.checkpoint is None) == (args.pretrained is None):
+        parser.error("give a checkpoint or --pretrained NAME (one of them)")
     try:
-        checkpoint = load(args.checkpoint)
+        if args.pretrained:
+            checkpoint, args.checkpoint = pretrained_checkpoint(args.pretrained)
+        else:
+            checkpoint = load(args.checkpoint)
         model, state = model_from_checkpoint(checkpoint, args.model, args.shortcut)
         try:
             model.load_state_dict(state)

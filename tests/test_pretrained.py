@@ -296,3 +296,27 @@ def test_the_shipped_resnet20_reproduces_its_accuracy_on_the_test_set(cifar10_di
         "--eval-only", "--pretrained", "resnet20", "--data-dir", str(cifar10_dir), "--batch-size", "500",
         "--out", "report"]))
     assert abs(result["test_acc"] - manifest["test_acc"]) * 10000 <= 2, (result["test_acc"], manifest["test_acc"])
+
+
+# --- the shipped weights in predict and export ------------------------------------------------
+
+def test_predict_and_export_take_the_pretrained_weights(shipped, tmp_path, capsys):
+    Image = pytest.importorskip("PIL.Image")
+    from minires import image
+    from minires.inference import main as predict_main
+    png = tmp_path / "x.png"
+    Image.fromarray(numpy.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=numpy.uint8)).save(png)
+    model = models.create("resnet20", pretrained=True)
+    (top,) = minires.predict(model, [png], topk=2)
+    assert predict_main([str(png), "--pretrained", "resnet20", "--topk", "2"]) == 0
+    assert capsys.readouterr().out.strip() == f"{png}: " + ", ".join(f"{n} {100 * p:.1f}%" for n, p in top)
+
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from minires import export as export_cli
+    assert export_cli.main(["--pretrained", "resnet20", str(tmp_path / "r20.onnx"), "--with-preprocessing"]) == 0
+    x = image.load_images([png])
+    session = ort.InferenceSession(str(tmp_path / "r20.onnx"), providers=["CPUExecutionProvider"])
+    logits = session.run(None, {"input": image.to_unit(x)})[0]
+    p = numpy.exp(logits - logits.max()) / numpy.exp(logits - logits.max()).sum()
+    assert [model.classes[j] for j in numpy.argsort(-p[0])[:2]] == [name for name, _ in top]
