@@ -75,7 +75,9 @@ def describe_recipe(name):
         flag = "--" + key.replace("_", "-")
         if value is True:
             words.append(flag)
-        elif value is not False:
+        elif value is False:
+            words.append("--no-" + flag[2:])
+        else:
             words.append(f"{flag} {value:g}" if isinstance(value, float) else f"{flag} {value}")
     return " ".join(words)
 
@@ -99,7 +101,7 @@ def build_parser(exit_on_error=True):
     o.add_argument("--batch-size", type=int, default=128, help="mini-batch size")
     o.add_argument("--lr", type=float, default=0.1, help="base learning rate")
     o.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    o.add_argument("--nesterov", action="store_true", help="Nesterov momentum")
+    o.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=False, help="Nesterov momentum")
     o.add_argument("--weight-decay", type=float, default=1e-4, help="L2 weight decay")
     o.add_argument("--no-bn-decay", action="store_true",
                    help="exclude BatchNorm parameters and biases from weight decay (the paper decays all weights)")
@@ -433,14 +435,21 @@ def inherited_argv(args, config, path):
     on its own first: a value argparse would refuse is reported with the checkpoint named."""
     words = []
     quiet = build_parser(exit_on_error=False)
+    # A false --nesterov is written as --no-nesterov: the run's --recipe may turn it on.
+    negatable = {a.dest for a in quiet._actions if isinstance(a, argparse.BooleanOptionalAction)}
     for key, value in config.items():
-        if key not in vars(args) or key in _NOT_INHERITED or value is None or value is False:
+        if key not in vars(args) or key in _NOT_INHERITED or value is None or (value is False and key not in negatable):
             continue
         flag = "--" + key.replace("_", "-")
         if not isinstance(value, (bool, int, float, str)):
             raise CheckpointError(f"checkpoint {path}: config entry {key!r} must be a number, string or "
                                   f"true/false, found {type(value).__name__}")
-        option = [flag] if value is True else [flag, str(value)]
+        if value is True:
+            option = [flag]
+        elif value is False:
+            option = ["--no-" + flag[2:]]
+        else:
+            option = [flag, str(value)]
         try:
             _, left = quiet.parse_known_args(option)
             if left:

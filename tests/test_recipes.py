@@ -35,6 +35,7 @@ def test_a_flag_written_on_the_command_line_wins_over_the_recipe():
     # also when the written value is the parser's default (the paper's)
     assert parse("--recipe", "fast", "--weight-decay", "1e-4").weight_decay == 1e-4
     assert parse("--recipe", "fast", "--normalization", "pixel_mean").normalization == "pixel_mean"
+    assert parse("--recipe", "fast", "--no-nesterov").nesterov is False  # a recipe's switch can be turned off
 
 
 def test_paper_is_the_default_and_the_parsers_defaults():
@@ -61,14 +62,16 @@ def test_switching_recipes_on_one_parser_leaves_nothing_behind():
     assert settings(train.parse_args(parser, []), train.RECIPES["paper"]) == train.RECIPES["paper"]
 
 
-def test_help_prints_each_recipes_settings(capsys):
+def test_help_prints_each_recipes_settings(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "1000")  # argparse wraps lines at the terminal's width, also inside a flag
     with pytest.raises(SystemExit):
         train.main(["--help"])
-    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    text = capsys.readouterr().out
     assert "--recipe {paper,fast}" in text
     assert "fast: --epochs 50 --schedule cosine --nesterov --weight-decay 0.0005 --label-smoothing 0.1 " \
            "--normalization channel" in text
-    assert "paper: --epochs 164 --schedule multistep --weight-decay 0.0001" in text
+    assert "paper: --epochs 164 --schedule multistep --no-nesterov --weight-decay 0.0001 --label-smoothing 0 " \
+           "--normalization pixel_mean" in text
 
 
 @pytest.fixture
@@ -92,6 +95,15 @@ def test_the_recipe_is_saved_in_config_json_and_kept_by_resume(tiny_cifar10_dir,
     assert train.main(["--resume", str(out), "--epochs", "2", "--no-progress"]) == 0
     config = json.loads((out / "config.json").read_text())
     assert config["recipe"] == "fast" and settings_of(config) == {**FAST, "epochs": 2}
+
+
+def test_resume_keeps_a_switch_that_was_turned_off_against_the_recipe(tmp_path):
+    """--recipe fast --no-nesterov: resuming inherits --recipe fast, which must not turn it on again."""
+    config = vars(parse("--recipe", "fast", "--no-nesterov"))
+    args = parse("--resume", str(tmp_path))
+    words = train.inherited_argv(args, config, tmp_path)
+    assert "--no-nesterov" in words
+    assert parse(*words, "--resume", str(tmp_path)).nesterov is False
 
 
 def settings_of(config):
