@@ -320,3 +320,24 @@ def test_predict_and_export_take_the_pretrained_weights(shipped, tmp_path, capsy
     logits = session.run(None, {"input": image.to_unit(x)})[0]
     p = numpy.exp(logits - logits.max()) / numpy.exp(logits - logits.max()).sum()
     assert [model.classes[j] for j in numpy.argsort(-p[0])[:2]] == [name for name, _ in top]
+
+
+def test_the_confusion_matrix_is_summed_over_the_processes(run, tiny_cifar10_dir):
+    """A data-parallel evaluation adds every process's counts (here: a stand-in for 2 processes
+    that saw the same images), as it adds their correct predictions."""
+    from minires.data import make_cifar10_test_loader
+    from minires.training import LoopHooks, evaluate
+
+    class TwoProcesses(LoopHooks):
+        def sum(self, values):
+            return [2 * v for v in values]
+
+    checkpoint = minires.load(run / "last.npz")
+    model = models.create("resnet20")
+    model.load_state_dict(checkpoint["model"])
+    loader, _ = make_cifar10_test_loader(checkpoint["preprocessing"], tiny_cifar10_dir, 32, limit_test=64)
+    one, two = numpy.zeros((10, 10), numpy.int64), numpy.zeros((10, 10), numpy.int64)
+    _, acc = evaluate(model, loader, confusion=one)
+    _, acc2 = evaluate(model, loader, hooks=TwoProcesses(), confusion=two)
+    numpy.testing.assert_array_equal(two, 2 * one)
+    assert one.sum() == 64 and acc == acc2 == numpy.trace(one) / 64
