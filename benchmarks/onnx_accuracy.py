@@ -4,8 +4,11 @@
     python -m minires.export /tmp/r20run/last.npz /tmp/r20run/r20.onnx
     python -m benchmarks.onnx_accuracy /tmp/r20run/last.npz /tmp/r20run/r20.onnx --data-dir ../shared/data
 
-Both see the same test batches, preprocessed as the training run did (the normalisation and
---limit-train of its config decide the mean image), and the script reports both accuracies, how
+Both see the same test images, normalised as the training run did: with the statistics the
+checkpoint stores (a checkpoint from before they were stored: recomputed from its run's
+--normalization and --limit-train). With --with-preprocessing the ONNX file is one exported with
+``python -m minires.export --with-preprocessing`` and gets the raw images in [0, 1]
+(``minires.image.to_unit``), normalising them itself. The script reports both accuracies, how
 many predictions differ and the largest logit difference.
 """
 import argparse
@@ -14,8 +17,18 @@ import time
 import numpy as np
 
 import minires
-from minires.data import make_cifar10_loaders
+from minires.data import find_cifar10, load_batch, load_cifar10, normalize, training_stats
 from minires.export import model_from_checkpoint
+from minires.image import to_unit
+
+
+def statistics(checkpoint, data_dir):
+    """(mean, std) of the checkpoint's input normalisation."""
+    if "preprocessing" in checkpoint:
+        return checkpoint["preprocessing"]["mean"], checkpoint["preprocessing"]["std"]
+    config = checkpoint["config"]
+    x_train = load_cifar10(data_dir)[0][:config.get("limit_train")]
+    return training_stats(x_train, config.get("normalization", "pixel_mean"))
 
 
 def main(argv=None):
@@ -24,6 +37,8 @@ def main(argv=None):
     p.add_argument("onnx", help="the same checkpoint exported by python -m minires.export")
     p.add_argument("--data-dir", help="folder holding cifar-10-batches-py/")
     p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--with-preprocessing", action="store_true",
+                   help="the ONNX file normalises its input itself (export --with-preprocessing)")
     args = p.parse_args(argv)
 
     import onnxruntime
@@ -32,21 +47,24 @@ def main(argv=None):
     model, state = model_from_checkpoint(checkpoint)
     model.load_state_dict(state)
     model.eval()
-    config = checkpoint["config"]
-    _, test_loader, info = make_cifar10_loaders(
-        args.data_dir, args.batch_size, limit_train=config.get("limit_train"),
-        normalization=config.get("normalization", "pixel_mean"), augment=False)
+    if args.with_preprocessing and "preprocessing" not in checkpoint:
+        p.error(f"{args.checkpoint} stores no preprocessing, so it cannot have been exported --with-preprocessing")
+    mean, std = statistics(checkpoint, args.data_dir)
+    folder = find_cifar10(args.data_dir)
+    x_test, y_test = load_batch(folder / "test_batch")
     session = onnxruntime.InferenceSession(args.onnx, providers=["CPUExecutionProvider"])
 
     correct = {"minires": 0, "onnxruntime": 0}
     disagree, max_diff, seen, seconds = 0, 0.0, 0, {"minires": 0.0, "onnxruntime": 0.0}
-    for xb, yb in test_loader:
+    for i in range(0, len(y_test), args.batch_size):
+        raw, yb = x_test[i:i + args.batch_size], y_test[i:i + args.batch_size]
+        xb = normalize(raw, mean, std)
         start = time.perf_counter()
         with minires.no_grad():
             ours = model(minires.Tensor(xb)).numpy()
         seconds["minires"] += time.perf_counter() - start
         start = time.perf_counter()
-        theirs = session.run(None, {"input": np.asarray(xb, np.float32)})[0]
+        theirs = session.run(None, {"input": to_unit(raw) if args.with_preprocessing else xb})[0]
         seconds["onnxruntime"] += time.perf_counter() - start
         correct["minires"] += int((ours.argmax(1) == yb).sum())
         correct["onnxruntime"] += int((theirs.argmax(1) == yb).sum())
@@ -54,7 +72,8 @@ def main(argv=None):
         max_diff = max(max_diff, float(np.abs(ours - theirs).max()))
         seen += len(yb)
 
-    print(f"{type(model).__name__} from {args.checkpoint}: {seen} test images from {info['data_dir']}")
+    inside = ", normalised inside the ONNX graph" if args.with_preprocessing else ""
+    print(f"{type(model).__name__} from {args.checkpoint}: {seen} test images from {folder}{inside}")
     for name in correct:
         print(f"  {name:12s} accuracy {100 * correct[name] / seen:.2f}%  ({correct[name]}/{seen}, "
               f"{seen / seconds[name]:.0f} img/s)")

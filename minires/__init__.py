@@ -2,7 +2,8 @@
 
 Read it in this order: ``backend`` (NumPy or CuPy behind one ``xp``), ``autograd`` (Tensor,
 Function, backward), ``functional`` (the ops: im2col convolution, batch norm, pooling, loss),
-``nn`` (Module and layers), ``models`` (the ResNets), ``optim``, ``data`` and ``train``.
+``nn`` (Module and layers), ``models`` (the ResNets), ``optim``, ``data`` and ``train``;
+``minires.predict(model, images)`` classifies image files with a trained model.
 
 ``import minires`` makes the subpackages reachable as attributes, as PyTorch's do
 (``minires.nn.Conv2d``, ``minires.optim.SGD``, ``minires.data.load_cifar10``); it imports NumPy
@@ -16,6 +17,7 @@ from .gradcheck import GradcheckError, gradcheck
 from .nn.init import manual_seed
 from . import autograd, data, functional, models, nn, optim, profiler, utils
 from .interop import load_torch_state_dict
+from .inference import predict
 from .serialization import load, save
 from .summary import summary
 from .utils.threads import get_num_threads, set_num_threads
@@ -25,4 +27,4 @@ __version__ = "0.1.0"
 __all__ = ["Tensor", "Function", "FunctionHook", "no_grad", "is_grad_enabled", "set_backend", "get_backend",
            "get_array_module", "to_numpy", "gradcheck", "GradcheckError", "manual_seed", "autograd", "backend",
            "data", "functional", "models", "nn", "optim", "profiler", "utils", "save", "load", "summary",
-           "load_torch_state_dict", "set_num_threads", "get_num_threads"]
+           "load_torch_state_dict", "set_num_threads", "get_num_threads", "predict"]

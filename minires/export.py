@@ -3,26 +3,37 @@
 The checkpoint is read with ``minires.load`` (no pickle). A checkpoint written by
 ``python -m minires.train`` (``last.npz`` or ``best.npz``) names its model in its run config; a
 bare state dict (``minires.save(model.state_dict(), path)``) needs ``--model``.
+
+``--with-preprocessing`` puts the input normalisation the checkpoint stores into the graph, whose
+input is then float32 (N, 3, 32, 32) RGB in [0, 1] (``minires.image.to_unit`` of
+``minires.image.load_images``: the images ``minires.predict`` reads). ``--pretrained resnet20``
+exports the weights that ship with minires instead of a checkpoint.
 """
 import argparse
 import sys
 
 from . import models
+from .data.transforms import check_preprocessing
 from .onnx import OPSET, UnsupportedOperatorError, export
 from .serialization import load
+from .weights import pretrained_checkpoint
 
 
 def build_parser():
     p = argparse.ArgumentParser(prog="python -m minires.export", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("checkpoint", help="a .npz from python -m minires.train, or a saved state dict")
+    p.add_argument("checkpoint", nargs="?", help="a .npz from python -m minires.train, or a saved state dict")
     p.add_argument("output", help="the .onnx file to write")
+    p.add_argument("--pretrained", metavar="NAME", help="instead of a checkpoint: the weights that ship with "
+                                                        "minires for NAME (e.g. resnet20)")
     p.add_argument("--model", help="model name (minires.models.names()); default: the checkpoint's run config")
     p.add_argument("--shortcut", choices=("A", "B"), help="CIFAR v1 shortcut, with --model "
                                                           "(default: the checkpoint's, else A)")
     p.add_argument("--input-shape", type=int, nargs=3, default=(3, 32, 32), metavar=("C", "H", "W"),
                    help="shape of one image")
     p.add_argument("--opset", type=int, default=OPSET, help="ONNX opset")
+    p.add_argument("--with-preprocessing", action="store_true",
+                   help="normalise inside the graph as the checkpoint's run did: the input is then RGB in [0, 1]")
     return p
 
 
@@ -61,19 +72,35 @@ def model_from_checkpoint(checkpoint, name=None, shortcut=None):
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if (args.checkpoint is None) == (args.pretrained is None):
+        parser.error("give a checkpoint or --pretrained NAME (one of them)")
     try:
-        checkpoint = load(args.checkpoint)
+        if args.pretrained:
+            checkpoint, args.checkpoint = pretrained_checkpoint(args.pretrained)
+        else:
+            checkpoint = load(args.checkpoint)
         model, state = model_from_checkpoint(checkpoint, args.model, args.shortcut)
         try:
             model.load_state_dict(state)
         except (KeyError, ValueError) as e:
             raise ValueError(f"{args.checkpoint} does not fit {type(model).__name__}: {e}") from None
-        export(model, args.output, input_shape=(1,) + tuple(args.input_shape), opset=args.opset)
+        preprocessing = None
+        if args.with_preprocessing:
+            preprocessing = checkpoint.get("preprocessing")
+            if preprocessing is None:
+                raise ValueError(f"{args.checkpoint} stores no preprocessing (a bare state dict, or a checkpoint "
+                                 f"written before checkpoints did): export it without --with-preprocessing")
+            check_preprocessing(preprocessing, f"{args.checkpoint}: preprocessing")
+        export(model, args.output, input_shape=(1,) + tuple(args.input_shape), opset=args.opset,
+               preprocessing=preprocessing)
     except (OSError, ValueError, ImportError, UnsupportedOperatorError) as e:
         print(f"minires.export: error: {e}", file=sys.stderr)
         return 2
-    print(f"wrote {args.output} ({type(model).__name__}, opset {args.opset}, input (N, {', '.join(map(str, args.input_shape))}))")
+    what = "RGB in [0, 1], normalised inside" if args.with_preprocessing else "preprocessed as in training"
+    print(f"wrote {args.output} ({type(model).__name__}, opset {args.opset}, input (N, "
+          f"{', '.join(map(str, args.input_shape))}), {what})")
     return 0
 
 

@@ -39,6 +39,7 @@ from .functional.loss import LogSoftmaxFunction, SoftmaxFunction
 from .functional.normalization import BatchNormEvalFunction
 from .functional.pooling import AvgPool2dFunction, GlobalAvgPool2dFunction, MaxPool2dFunction
 from .functional.residual import PadChannelsFunction
+from .data.transforms import unit_scale_stats
 from .utils.io import atomic_write
 
 OPSET = 18  # ai.onnx opset of the exported graphs (ONNX >= 1.13, onnxruntime >= 1.14)
@@ -218,11 +219,14 @@ RULES = {
 }
 
 
-def to_onnx(model, input_shape=(1, 3, 32, 32), opset=OPSET, dynamic_batch=True):
+def to_onnx(model, input_shape=(1, 3, 32, 32), opset=OPSET, dynamic_batch=True, preprocessing=None):
     """The ONNX ModelProto of ``model`` in eval mode for inputs of ``input_shape`` (batch first).
 
     The graph has one input "input" (N, C, H, W) and one output "output"; with ``dynamic_batch``
-    N is a symbolic dimension, so any batch size runs.
+    N is a symbolic dimension, so any batch size runs. ``preprocessing`` (a checkpoint's entry,
+    see ``minires.data.preprocessing_entry``) puts the input normalisation into the graph: Sub
+    (mean / 255) and Div (std / 255) nodes before the network, the constants of
+    ``minires.data.unit_scale_stats``, so the input is then images in [0, 1] (``minires.image.to_unit``).
     """
     onnx = _onnx()
     input_shape = tuple(int(n) for n in input_shape)
@@ -233,6 +237,14 @@ def to_onnx(model, input_shape=(1, 3, 32, 32), opset=OPSET, dynamic_batch=True):
     x, y = tracing.trace(model, xp.zeros(input_shape, params[0].dtype))
     b = _Builder(onnx, tracing.state_names(model))
     b.values[id(x)] = b.fresh("input")
+    if preprocessing is not None:
+        mean, std = unit_scale_stats(preprocessing["mean"], preprocessing["std"], input_shape[1], "float32")
+        if mean is not None:  # (C, 1, 1) or (C, H, W) -> (1, ...): broadcasts over the batch
+            b.values[id(x)] = b.node("Sub", [b.values[id(x)], b.constant(mean[None], "preprocessing.mean")],
+                                     "normalize_mean")
+        if std is not None:
+            b.values[id(x)] = b.node("Div", [b.values[id(x)], b.constant(std[None], "preprocessing.std")],
+                                     "normalize_std")
     for f in tracing.functions(y):
         rule = RULES.get(type(f))
         if rule is None:
@@ -255,15 +267,15 @@ def to_onnx(model, input_shape=(1, 3, 32, 32), opset=OPSET, dynamic_batch=True):
     return proto
 
 
-def export(model, path, input_shape=(1, 3, 32, 32), opset=OPSET, dynamic_batch=True):
+def export(model, path, input_shape=(1, 3, 32, 32), opset=OPSET, dynamic_batch=True, preprocessing=None):
     """Write ``model`` as an ONNX inference graph to ``path`` (atomically); returns the ModelProto.
 
     ``input_shape`` is the shape of one traced batch, e.g. (1, 3, 32, 32); the exported batch
     dimension is dynamic unless ``dynamic_batch=False``. The ONNX model expects the same
     preprocessed input as the minires model (for a model from ``python -m minires.train``: the
-    normalisation the run used).
+    normalisation the run used), unless ``preprocessing`` puts it into the graph (see ``to_onnx``).
     """
-    proto = to_onnx(model, input_shape, opset, dynamic_batch)
+    proto = to_onnx(model, input_shape, opset, dynamic_batch, preprocessing)
     with atomic_write(path) as f:
         f.write(proto.SerializeToString())
     return proto

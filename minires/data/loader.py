@@ -14,10 +14,11 @@ counts whole batches, so a checkpoint moves between runs with different numbers 
 import numpy
 
 from ..backend import get_array_module, get_backend, get_module, to_backend
-from .cifar import load_cifar10, load_class_names, find_cifar10
-from .transforms import channel_stats, crop_flip, draw_crop_flip, normalize, pixel_mean
+from .cifar import TEST_FILE, load_batch, load_cifar10, load_class_names, find_cifar10
+from .transforms import (NORMALIZATIONS, channel_stats, crop_flip, draw_crop_flip, normalize, pixel_mean,
+                         preprocessing_entry)
 
-__all__ = ["ArrayLoader", "make_cifar10_loaders", "shard_bounds"]
+__all__ = ["ArrayLoader", "make_cifar10_loaders", "make_cifar10_test_loader", "shard_bounds", "training_stats"]
 
 
 def shard_bounds(n, rank, world_size):
@@ -51,10 +52,14 @@ class ArrayLoader:
 
     ``rank`` of ``world_size`` (data-parallel training): each batch of ``batch_size`` rows is
     split with ``shard_bounds`` and this loader yields rank ``rank``'s part of it only.
+
+    ``classes``: the names of the labels, if known. ``preprocessing()`` and ``classes`` are what
+    a checkpoint of a model trained on this loader stores, so that it is used without the data.
     """
 
     def __init__(self, x, y, batch_size, shuffle=False, drop_last=False, augment=False, seed=0,
-                 mean=None, std=None, dtype="float32", backend=None, pad=4, rank=0, world_size=1):
+                 mean=None, std=None, dtype="float32", backend=None, pad=4, rank=0, world_size=1,
+                 classes=None):
         if getattr(x, "ndim", None) != 4:
             raise ValueError(f"x must be images of shape (N, C, H, W), found shape {getattr(x, 'shape', None)}")
         if getattr(y, "shape", None) != (x.shape[0],):
@@ -78,6 +83,8 @@ class ArrayLoader:
         self.dtype = numpy.dtype(dtype)
         self.backend = backend or get_backend()
         xp = get_module(self.backend)
+        self.classes = None if classes is None else tuple(classes)
+        self._preprocessing = preprocessing_entry(mean, std)  # float64, before the cast to dtype
         # Statistics go to the device once, not with every batch.
         self.mean = None if mean is None else xp.asarray(mean, dtype=self.dtype)
         self.std = None if std is None else xp.asarray(std, dtype=self.dtype)
@@ -118,6 +125,10 @@ class ArrayLoader:
                 self.batch = k + 1
             yield xb, yb
 
+    def preprocessing(self):
+        """The normalisation of the batches, as a checkpoint stores it (``preprocessing_entry``)."""
+        return dict(self._preprocessing)
+
     def state_dict(self):
         """The position as plain ints: ``{"seed", "epoch", "batch"}``."""
         return {"seed": self.seed, "epoch": self.epoch, "batch": self.batch}
@@ -149,25 +160,49 @@ def make_cifar10_loaders(data_dir=None, batch_size=128, seed=0, limit_train=None
     Returns ``(train_loader, test_loader, info)``; info holds "data_dir", "classes",
     "normalization", "mean", "std" (NumPy float64, 0..255 scale, or None), "n_train", "n_test".
     """
-    if normalization not in ("pixel_mean", "channel", "none"):
-        raise ValueError(f"normalization must be 'pixel_mean', 'channel' or 'none', found {normalization!r}")
     folder = find_cifar10(data_dir, download=download)
     x_train, y_train, x_test, y_test = load_cifar10(folder)
     if limit_train is not None:
         x_train, y_train = x_train[:limit_train], y_train[:limit_train]
     if limit_test is not None:
         x_test, y_test = x_test[:limit_test], y_test[:limit_test]
+    mean, std = training_stats(x_train, normalization)
 
-    mean = std = None
-    if normalization == "pixel_mean":
-        mean = pixel_mean(x_train)
-    elif normalization == "channel":
-        mean, std = channel_stats(x_train)
-
-    common = dict(mean=mean, std=std, dtype=dtype, backend=backend, rank=rank, world_size=world_size)
+    classes = load_class_names(folder)
+    common = dict(mean=mean, std=std, dtype=dtype, backend=backend, rank=rank, world_size=world_size,
+                  classes=classes)
     train = ArrayLoader(x_train, y_train, batch_size, shuffle=True, augment=augment, seed=seed, **common)
     test = ArrayLoader(x_test, y_test, batch_size, **common)
-    info = {"data_dir": str(folder), "classes": load_class_names(folder),
+    info = {"data_dir": str(folder), "classes": classes,
             "normalization": normalization, "mean": mean, "std": std,
             "n_train": int(x_train.shape[0]), "n_test": int(x_test.shape[0])}
     return train, test, info
+
+
+def training_stats(x_train, normalization):
+    """(mean, std) of ``normalization`` over the training images x_train (N, C, H, W) uint8:
+    the mean image and None ("pixel_mean"), per-channel mean and std ("channel"), or None, None."""
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"normalization must be 'pixel_mean', 'channel' or 'none', found {normalization!r}")
+    if normalization == "pixel_mean":
+        return pixel_mean(x_train), None
+    if normalization == "channel":
+        return channel_stats(x_train)
+    return None, None
+
+
+def make_cifar10_test_loader(preprocessing, data_dir=None, batch_size=128, backend=None, dtype="float32",
+                             download=False, limit_test=None, rank=0, world_size=1):
+    """The CIFAR-10 test loader of a trained model, normalised with its stored ``preprocessing``
+    (a ``preprocessing_entry``, as checkpoints hold it): only the test batch is read.
+
+    Returns ``(test_loader, info)``; info holds "data_dir", "classes" and "n_test".
+    """
+    folder = find_cifar10(data_dir, download=download)
+    x_test, y_test = load_batch(folder / TEST_FILE)
+    if limit_test is not None:
+        x_test, y_test = x_test[:limit_test], y_test[:limit_test]
+    classes = load_class_names(folder)
+    test = ArrayLoader(x_test, y_test, batch_size, mean=preprocessing["mean"], std=preprocessing["std"],
+                       dtype=dtype, backend=backend, rank=rank, world_size=world_size, classes=classes)
+    return test, {"data_dir": str(folder), "classes": classes, "n_test": int(x_test.shape[0])}

@@ -14,10 +14,12 @@ then subtracts ``mean / 255`` and, when a std is given, divides by ``std / 255``
 """
 import numpy
 
-from ..backend import get_array_module
+from ..backend import get_array_module, to_numpy
 
-__all__ = ["channel_stats", "pixel_mean", "normalize", "crop_flip", "draw_crop_flip",
-           "random_crop_flip"]
+__all__ = ["channel_stats", "pixel_mean", "normalize", "unit_scale_stats", "preprocessing_entry",
+           "check_preprocessing", "crop_flip", "draw_crop_flip", "random_crop_flip"]
+
+NORMALIZATIONS = ("pixel_mean", "channel", "none")
 
 
 def _check_images(x, name="x"):
@@ -70,6 +72,50 @@ def _as_stat(xp, s, c, name, dtype):
                      f"found {s.shape}")
 
 
+def unit_scale_stats(mean, std, c, dtype="float32", xp=numpy):
+    """``(mean / 255, std / 255)`` in ``dtype``, shaped to broadcast against (N, C, H, W) images
+    on the [0, 1] scale (None stays None): ``normalize`` is ``(x / 255 - mean') / std'`` with
+    them, and so is the preprocessing an ONNX export puts in front of the network."""
+    mean = None if mean is None else _as_stat(xp, mean, c, "mean", dtype) / 255.0
+    std = None if std is None else _as_stat(xp, std, c, "std", dtype) / 255.0
+    return mean, std
+
+
+def preprocessing_entry(mean=None, std=None):
+    """The input normalisation as a checkpoint stores it: ``{"normalization": kind, "mean":
+    array or None, "std": array or None}``, statistics as float64 NumPy arrays on the 0..255
+    scale. kind is "pixel_mean" (a (C, H, W) mean image, no std), "channel" ((C,) mean and std),
+    "none" (neither: pixels scaled to [0, 1]) or "custom" (another combination)."""
+    mean = None if mean is None else numpy.asarray(to_numpy(mean), dtype=numpy.float64)
+    std = None if std is None else numpy.asarray(to_numpy(std), dtype=numpy.float64)
+    if mean is None and std is None:
+        kind = "none"
+    elif std is None and mean.ndim == 3:
+        kind = "pixel_mean"
+    elif mean is not None and std is not None and mean.ndim == std.ndim == 1:
+        kind = "channel"
+    else:
+        kind = "custom"
+    return {"normalization": kind, "mean": mean, "std": std}
+
+
+def check_preprocessing(entry, where="preprocessing"):
+    """Raise ValueError naming ``where`` unless ``entry`` is what ``preprocessing_entry`` makes:
+    statistics of shape (C,) or (C, H, W), finite, the std positive."""
+    if not isinstance(entry, dict) or not {"normalization", "mean", "std"} <= set(entry):
+        raise ValueError(f"{where} must be a dict with 'normalization', 'mean' and 'std'")
+    for name in ("mean", "std"):
+        s = entry[name]
+        if s is None:
+            continue
+        if not isinstance(s, numpy.ndarray) or s.dtype.kind not in "fiu" or s.ndim not in (1, 3):
+            raise ValueError(f"{where}/{name} must be an array of shape (C,) or (C, H, W), "
+                             f"found {getattr(s, 'shape', type(s).__name__)}")
+        if not numpy.isfinite(s).all() or (name == "std" and not (s > 0).all()):
+            raise ValueError(f"{where}/{name} must hold finite numbers{', all positive' if name == 'std' else ''}")
+    return entry
+
+
 def normalize(x, mean=None, std=None, dtype="float32"):
     """Normalise uint8 images x (N, C, H, W) to ``dtype``: ``(x/255 - mean/255) / (std/255)``.
 
@@ -79,14 +125,13 @@ def normalize(x, mean=None, std=None, dtype="float32"):
     ``mean=None`` only scales to [0, 1]. Returns a new array on x's backend.
     """
     _check_images(x)
-    xp = get_array_module(x)
-    c = x.shape[1]
+    mean, std = unit_scale_stats(mean, std, x.shape[1], dtype, get_array_module(x))
     out = x.astype(dtype)
     out /= 255.0
     if mean is not None:
-        out -= _as_stat(xp, mean, c, "mean", dtype) / 255.0
+        out -= mean
     if std is not None:
-        out /= _as_stat(xp, std, c, "std", dtype) / 255.0
+        out /= std
     return out
 
 

@@ -43,13 +43,23 @@ def names():
     return list(_MODELS)
 
 
-def create(name, **kwargs):
+def create(name, pretrained=False, **kwargs):
     """Build model ``name`` with keyword arguments passed to its function.
 
     ``name`` is one of ``names()``, or a family such as "cifar_resnet" / "preact_resnet" with
     ``depth=`` (6n+2 / 9n+2). An unknown name raises ValueError listing the valid ones.
+
+    ``pretrained=True`` loads the trained weights that ship with minires (``minires.weights``,
+    sha256-checked) and sets ``model.preprocessing`` and ``model.classes`` from them, for
+    ``minires.predict``; a model without shipped weights raises ValueError saying so.
     """
     key = str(name).lower()
+    if pretrained:
+        # Imported here: minires.weights reads files, and building a model must not need it.
+        from .. import weights
+        manifest = weights.read_manifest(key)  # before building: a model without weights fails at once
+        model = create(manifest["model"], **{**manifest.get("kwargs", {}), **kwargs})
+        return weights.load_pretrained(model, key)
     if key in _MODELS:
         return _MODELS[key](**kwargs)
     if key in _FAMILIES:

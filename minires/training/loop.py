@@ -11,7 +11,10 @@ import math
 import os
 import time
 
+import numpy
+
 from .. import functional as F
+from ..backend import to_numpy
 from ..autograd import Tensor, no_grad
 from ..profiler import section
 from .curves import plot_curves
@@ -66,9 +69,11 @@ class LoopHooks:
         return list(values)
 
 
-def evaluate(model, loader, label_smoothing=0.0, hooks=None):
+def evaluate(model, loader, label_smoothing=0.0, hooks=None, confusion=None):
     """Mean loss and accuracy over a loader, in eval mode and without a graph (and with each
-    batch norm folded into the convolution before it: the same outputs in fewer passes)."""
+    batch norm folded into the convolution before it: the same outputs in fewer passes).
+    ``confusion``: a (K, K) int64 NumPy array to which the count of every (label, prediction)
+    pair is added (summed over the processes of a distributed run)."""
     hooks = hooks or LoopHooks()
     model.fuse().eval()
     total_loss, correct, seen = 0.0, 0, 0
@@ -82,8 +87,13 @@ def evaluate(model, loader, label_smoothing=0.0, hooks=None):
                 total_loss += F.cross_entropy(logits, yb, label_smoothing).item() * n
             except MemoryError as e:
                 raise OutOfMemoryError(f"out of memory evaluating a batch of {len(yb)} images: {e}") from None
-            correct += int((logits.data.argmax(axis=1) == yb).sum())
+            predicted = logits.data.argmax(axis=1)
+            correct += int((predicted == yb).sum())
             seen += n
+            if confusion is not None:
+                numpy.add.at(confusion, (to_numpy(yb), to_numpy(predicted)), 1)
+    if confusion is not None:
+        confusion[...] = numpy.reshape(hooks.sum(confusion.ravel().tolist()), confusion.shape)
     total_loss, correct, seen = hooks.sum([total_loss, correct, seen])
     return total_loss / seen, correct / seen
 

@@ -1,6 +1,10 @@
 """Checkpoints of a run: ``last.npz`` (to resume) and ``best.npz`` (the best weights), and
 ``read_checkpoint``, which checks a checkpoint file before anything is taken from it.
 
+Both also hold what a model needs to be used on new images without the training data: the
+input normalisation it was trained with ("preprocessing": kind, mean and std on the 0..255
+scale, see ``minires.data.preprocessing_entry``) and the names of its classes ("classes").
+
 Nothing that is not a finite number is ever written over a checkpoint: ``Snapshot.save`` checks
 the weights, BatchNorm statistics and optimizer state (momentum, Adam's moments) first (a
 diverging run that is stopped with Ctrl-C keeps its last good checkpoint). Files are written
@@ -12,6 +16,7 @@ import os
 
 import numpy
 
+from ..data.transforms import check_preprocessing
 from ..serialization import load, save
 from .errors import CheckpointError, NonFiniteError
 from .guard import non_finite
@@ -29,6 +34,17 @@ def checkpoint_arrays(checkpoint):
     for i, entry in checkpoint.get("optimizer", {}).get("state", {}).items():
         arrays.update({f"optimizer/state/{i}/{name}": v for name, v in entry.items() if name != "step"})
     return arrays
+
+
+def inference_entries(loader):
+    """{"preprocessing": ..., "classes": [...]} of the training ``loader`` (an ArrayLoader),
+    what a checkpoint stores beside the weights; empty for a loader that does not say."""
+    entries = {}
+    if hasattr(loader, "preprocessing"):
+        entries["preprocessing"] = loader.preprocessing()
+    if getattr(loader, "classes", None) is not None:
+        entries["classes"] = list(loader.classes)
+    return entries
 
 
 class Snapshot:
@@ -50,7 +66,7 @@ class Snapshot:
     def save(self, state):
         """``state`` (a TrainState) into last.npz; NonFiniteError, and nothing written, when any
         of its weights or buffers is not finite. Returns the path."""
-        checkpoint = state.state_dict()
+        checkpoint = {**state.state_dict(), **inference_entries(state.loader)}
         self._check(checkpoint, self.last)
         save(checkpoint, self.last)
         self.good = self.last
@@ -59,7 +75,7 @@ class Snapshot:
     def save_best(self, state, test_acc):
         """The weights of ``state`` into best.npz, with the epoch and test accuracy."""
         checkpoint = {"model": state.model.state_dict(), "epoch": state.epoch, "test_acc": test_acc,
-                      "config": dict(state.config)}
+                      "config": dict(state.config), **inference_entries(state.loader)}
         self._check(checkpoint, self.best)
         save(checkpoint, self.best)
         return self.best
@@ -142,6 +158,15 @@ def read_checkpoint(path, training=True):
                                   f"({value.min():g}), which no run can produce")
     if "config" in checkpoint:
         check.dict(checkpoint["config"], "config")
+    if "preprocessing" in checkpoint:
+        try:
+            check_preprocessing(checkpoint["preprocessing"])
+        except ValueError as e:
+            raise CheckpointError(f"checkpoint {path}: entry {e}") from None
+    if "classes" in checkpoint:
+        classes = check.list(checkpoint["classes"], "classes")
+        if not all(isinstance(c, str) for c in classes):
+            check.fail("classes", "a list of names", classes)
     if not training:
         return checkpoint
     missing = [k for k in TRAINING_ENTRIES if k not in checkpoint]
