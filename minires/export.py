@@ -17,11 +17,12 @@ from .data.transforms import check_preprocessing
 from .onnx import OPSET, UnsupportedOperatorError, export
 from .serialization import load
 from .weights import pretrained_checkpoint
+from .utils.cli import HelpFormatter
 
 
 def build_parser():
     p = argparse.ArgumentParser(prog="python -m minires.export", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("checkpoint", nargs="?", help="a .npz from python -m minires.train, or a saved state dict")
     p.add_argument("output", help="the .onnx file to write")
     p.add_argument("--pretrained", metavar="NAME", help="instead of a checkpoint: the weights that ship with "

@@ -21,6 +21,7 @@ from .autograd import Tensor, no_grad
 from .data import CIFAR10_CLASSES, normalize
 from .training import read_checkpoint
 from .weights import attach
+from .utils.cli import HelpFormatter
 
 PROG = "python -m minires.predict"
 
@@ -96,7 +97,7 @@ def predict(model, images, topk=5, preprocessing=None, classes=None, batch_size=
 
 def build_parser():
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("images", nargs="+", help="image files (PNG, JPEG, any size) or folders of them")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--checkpoint", help="a last.npz or best.npz of python -m minires.train")

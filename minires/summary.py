@@ -12,6 +12,7 @@ import numpy
 
 from . import backend, nn
 from .autograd import Tensor, no_grad
+from .utils.cli import HelpFormatter
 
 MB = 1e6  # torchinfo's megabyte
 
@@ -174,10 +175,12 @@ def main(argv=None):
     from . import models, viz
 
     p = argparse.ArgumentParser(prog="python -m minires.summary",
-                                description="Print a model's layer table and optionally draw its graph.")
+                                description="Print a model's layer table and optionally draw its graph.",
+                                formatter_class=HelpFormatter)
     p.add_argument("--model", default="resnet20", help="a name from minires.models.names()")
-    p.add_argument("--input-shape", type=int, nargs=3, default=(3, 32, 32), metavar=("C", "H", "W"))
-    p.add_argument("--max-depth", type=int, help="print rows nested at most this deep")
+    p.add_argument("--input-shape", type=int, nargs=3, default=(3, 32, 32), metavar=("C", "H", "W"),
+                   help="the shape of one input image")
+    p.add_argument("--max-depth", type=int, help="print rows nested at most this deep (default: all)")
     p.add_argument("--graph", metavar="FILE", help="draw the eval-mode graph to FILE: .svg, .png or .pdf "
                                                    "(needs Graphviz), or .dot (DOT text)")
     p.add_argument("--no-collapse", action="store_true", help="draw every block, not each run of identical ones once")

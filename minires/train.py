@@ -46,6 +46,7 @@ from .training import (CheckpointError, Interrupted, NonFiniteError, OutOfMemory
 from .training.confusion import class_table, plot_confusion
 from .training.guard import non_finite
 from .training.metrics import write_config
+from .utils.cli import HelpFormatter
 from .utils.io import remove_stale_temporaries
 
 # Bounds that catch a typo before it starts a run that cannot work: a learning rate above
@@ -106,7 +107,7 @@ def build_parser(exit_on_error=True):
     p = _Parser(
         prog="python -m minires.train",
         description="Train a ResNet on CIFAR-10 with minires. Defaults reproduce He et al. 2015 (ResNet-20).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter, exit_on_error=exit_on_error)
+        formatter_class=HelpFormatter, exit_on_error=exit_on_error)
     p.add_argument("--recipe", choices=tuple(RECIPES), default="paper",
                    help="a set of the options below; options written on the command line win. "
                         + "; ".join(f"{name}: {describe_recipe(name)}" for name in RECIPES))

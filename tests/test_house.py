@@ -89,3 +89,19 @@ def test_the_suite_says_why_tests_skipped(tmp_path):
     assert torch_line.split()[0] == "3" and "pip install torch" in torch_line
     assert any(line.split()[0] == "1" and "../shared/data" in line for line in lines if "CIFAR-10" in line)
     assert lines[-1].startswith("4 skipped")  # the runner's closing line stays the last one
+
+
+@pytest.mark.parametrize("module", ["train", "export", "summary", "predict", "weights.package"])
+def test_help_names_each_default_once_and_only_where_there_is_one(module):
+    import subprocess
+    import sys
+    from pathlib import Path
+    env = {"COLUMNS": "400", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    run = subprocess.run([sys.executable, "-m", f"minires.{module}", "--help"], capture_output=True, text=True,
+                         env=env)
+    assert run.returncode == 0, run.stderr
+    for line in run.stdout.splitlines():
+        assert line.count("default") <= 1, line
+        assert "(default: None)" not in line and "(default: False)" not in line, line
+    if module == "summary":
+        assert "(default: 3 32 32)" in run.stdout or "(default: (3, 32, 32))" in run.stdout

@@ -22,13 +22,14 @@ from ..serialization import save
 from ..training import read_checkpoint
 from ..utils.io import atomic_write
 from . import WEIGHTS_DIR, file_sha256, preprocessing_to_json
+from ..utils.cli import HelpFormatter
 
 PROG = "python -m minires.weights.package"
 
 
 def build_parser():
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("checkpoint", help="last.npz of a finished python -m minires.train run (or its folder)")
     p.add_argument("--name", help="the model name the weights ship under (default: the run's model, e.g. resnet20)")
     p.add_argument("--commit", help="the git commit that trained the run (default: the run's config)")
