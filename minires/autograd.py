@@ -150,7 +150,7 @@ class Tensor:
         if self.creator is None:
             _accumulate(self, grad)
             return
-        order = _topological_order(self.creator)  # raises if an earlier backward freed the graph
+        order = post_order(self.creator)[::-1]  # consumers first; raises if a backward freed the graph
         self.creator.grad_outputs[self.creator_index] = grad
 
         hooks = tuple(_function_hooks)
@@ -257,10 +257,12 @@ def _accumulate(x, g):
     x.grad = g.copy() if x.grad is None else x.grad + g
 
 
-def _topological_order(root):
-    """Functions reachable from ``root``, each after every function that consumes its outputs.
+def post_order(root):
+    """The Functions reachable from the Function ``root``, each after every Function it reads
+    from (producers first): the order of a forward pass. Backward walks it reversed.
 
     An explicit stack instead of recursion: a ResNet-152 graph is deeper than Python's limit.
+    Raises RuntimeError when a backward has freed the graph.
     """
     # A function is marked when it is expanded, not when it is pushed: marked at push, a producer
     # reached first through a long path could be finished before a consumer met later (x + f(x)).
@@ -272,16 +274,15 @@ def _topological_order(root):
             continue
         if id(f) in visited:
             continue
-        visited.add(id(f))
-        stack.append((f, True))
-        if "inputs" not in f.__dict__:
+        if f.released:
             raise RuntimeError("this graph was freed by an earlier backward(); recompute the forward pass "
                                "to back-propagate again")
-        for x in f.inputs:
+        visited.add(id(f))
+        stack.append((f, True))
+        for x in reversed(f.inputs):
             c = x.creator
             if c is not None and id(c) not in visited:
                 stack.append((c, False))
-    order.reverse()  # post-order puts producers first; backward wants consumers first
     return order
 
 
@@ -355,9 +356,12 @@ class Function:
         shape, dtype, xp = self.output_meta[i]
         return xp.zeros(shape, dtype)
 
+    released = False  # set by release(): the graph behind this Function is gone
+
     def release(self):
         """Drop the saved arrays and the links to the inputs once backward has run."""
         self.__dict__.clear()
+        self.released = True
 
 
 class FunctionHook:

@@ -6,16 +6,8 @@ Tensor (a parameter, the input batch, a constant) or an edge to the Function tha
 The ONNX exporter (``minires.onnx``) and the graph drawer (``minires.viz``) both read that graph
 here, before any backward frees it.
 """
-from . import backend
+from . import autograd, backend
 from .autograd import Tensor
-
-
-def source(x):
-    """Where a Function input comes from: ``(creator, index)`` for a computed value, or
-    ``(None, tensor)`` for a leaf (a parameter, the graph's input, a constant)."""
-    if getattr(x, "creator", None) is None:
-        return None, x
-    return x.creator, x.creator_index
 
 
 def functions(y):
@@ -27,22 +19,10 @@ def functions(y):
     if not isinstance(y, Tensor) or y.creator is None:
         raise ValueError("this tensor has no recorded graph: compute it with grad enabled and from "
                          "parameters or inputs that require grad, and read the graph before backward()")
-    order, visited, stack = [], set(), [(y.creator, False)]
-    while stack:  # iterative depth-first post-order: a ResNet-1202 graph is deeper than Python's recursion limit
-        f, expanded = stack.pop()
-        if expanded:
-            order.append(f)  # after everything it reads from: those were pushed above it
-            continue
-        if id(f) in visited:  # pushed twice (two consumers), expanded already
-            continue
-        if "inputs" not in f.__dict__:
-            raise ValueError("this graph was freed by backward(); read it before calling backward()")
-        visited.add(id(f))
-        stack.append((f, True))
-        for x in reversed(f.inputs):
-            if x.creator is not None and id(x.creator) not in visited:
-                stack.append((x.creator, False))
-    return order
+    try:
+        return autograd.post_order(y.creator)
+    except RuntimeError:
+        raise ValueError("this graph was freed by backward(); read it before calling backward()") from None
 
 
 def output_shape(f, index=0):

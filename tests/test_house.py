@@ -105,3 +105,21 @@ def test_help_names_each_default_once_and_only_where_there_is_one(module):
         assert "(default: None)" not in line and "(default: False)" not in line, line
     if module == "summary":
         assert "(default: 3 32 32)" in run.stdout or "(default: (3, 32, 32))" in run.stdout
+
+
+def test_one_graph_walker_and_an_explicit_released_flag():
+    """Backward and the graph readers (ONNX, viz) walk the graph with the same function, and a
+    freed Function says so with a flag (not by a missing attribute)."""
+    from minires import autograd, tracing
+    x = Tensor(np.linspace(-1, 1, 6).reshape(2, 3), requires_grad=True)
+    a = x * 2.0
+    y = (a + a * a).sum()
+    order = autograd.post_order(y.creator)
+    assert [type(f).__name__ for f in order] == ["Mul", "Mul", "Add", "Sum"]
+    assert tracing.functions(y) == order
+    assert not any(f.released for f in order)
+    y.backward()
+    assert all(f.released for f in order)
+    with pytest.raises(ValueError, match="freed by backward"):
+        tracing.functions(y)
+    np.testing.assert_allclose(x.grad, 2 + 8 * x.data)
