@@ -55,7 +55,7 @@ def _as_array(data, dtype=None):
     return xp.asarray(a, dtype=dtype)
 
 
-class Tensor:
+class Tensor(backend.HoldsArray):
     """An n-dimensional array (NumPy or CuPy) that remembers how it was computed.
 
     ``data``: the array; ``grad``: the gradient of the last ``backward`` (same backend and

@@ -79,11 +79,16 @@ def default_module():
     return get_module(get_backend())
 
 
-def _unwrap(a):
-    """The array inside a Tensor; anything else as it is (a CuPy array's ``.data`` is a pointer)."""
-    from .autograd import Tensor  # late: autograd imports this module
+class HoldsArray:
+    """Base of the classes whose ``.data`` is an array (``autograd.Tensor``), which the functions
+    here look through. A base class rather than Tensor itself: autograd sits above this module."""
 
-    return a.data if isinstance(a, Tensor) else a
+    __slots__ = ()
+
+
+def unwrap(a):
+    """The array inside a Tensor; anything else as it is (a CuPy array's ``.data`` is a pointer)."""
+    return a.data if isinstance(a, HoldsArray) else a
 
 
 def get_array_module(*arrays):
@@ -92,7 +97,7 @@ def get_array_module(*arrays):
     Tensors are looked through to their ``.data``.
     """
     for a in arrays:
-        a = _unwrap(a)
+        a = unwrap(a)
         if type(a).__module__.startswith("cupy"):
             return _import_cupy()
     return numpy
@@ -105,7 +110,7 @@ def backend_of(a):
 
 def to_numpy(a):
     """A NumPy copy (or view) of a NumPy or CuPy array, or of a Tensor."""
-    a = _unwrap(a)
+    a = unwrap(a)
     if isinstance(a, numpy.ndarray):
         return a
     if type(a).__module__.startswith("cupy"):

@@ -76,7 +76,7 @@ class _Builder:
 
     def constant(self, array, base):
         """An initializer holding ``array`` (as float32 when it is floating point); its name."""
-        array = tracing.to_numpy(array)
+        array = backend.to_numpy(array)
         if array.dtype.kind == "f":
             array = array.astype(numpy.float32)
         name = self.fresh(base)

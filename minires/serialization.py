@@ -27,7 +27,6 @@ import zlib
 import numpy
 
 from . import backend
-from .autograd import Tensor
 from .utils.io import atomic_write
 
 META_KEY = "__meta__.json"
@@ -49,8 +48,7 @@ def _is_array(value):
 def _encode(value, path, arrays):
     """``value`` as JSON-compatible data; arrays are moved to ``arrays`` under their path name."""
     where = "/".join(path) or "<root>"
-    if isinstance(value, Tensor):
-        value = value.data
+    value = backend.unwrap(value)
     if _is_array(value) or isinstance(value, numpy.generic):
         array = numpy.asarray(backend.to_numpy(value))
         if array.dtype.hasobject:

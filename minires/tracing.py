@@ -6,7 +6,7 @@ Tensor (a parameter, the input batch, a constant) or an edge to the Function tha
 The ONNX exporter (``minires.onnx``) and the graph drawer (``minires.viz``) both read that graph
 here, before any backward frees it.
 """
-from . import autograd, backend
+from . import autograd
 from .autograd import Tensor
 
 
@@ -58,7 +58,3 @@ def trace(model, x):
     if not isinstance(y, Tensor):
         raise ValueError(f"the model returned a {type(y).__name__}, not one Tensor")
     return x, y
-
-
-def to_numpy(a):
-    return backend.to_numpy(a.data if isinstance(a, Tensor) else a)

@@ -155,7 +155,7 @@ def _leaf(x, names, named):
     if id(x) in names:
         return f"{names[id(x)]}\n{_shape(x.shape)}", PARAMETER_STYLE
     if x.size == 1:
-        return f"{tracing.to_numpy(x).item():.4g}", CONSTANT_STYLE
+        return f"{backend.to_numpy(x).item():.4g}", CONSTANT_STYLE
     if x.requires_grad and not named:  # without a model, what learns is taken for a parameter
         return f"parameter\n{_shape(x.shape)}", PARAMETER_STYLE
     return f"input\n{_shape(x.shape)}", INPUT_STYLE
