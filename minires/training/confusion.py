@@ -5,7 +5,7 @@ The matrix is (K, K) counts, rows the true class and columns the predicted one, 
 """
 import numpy
 
-from ..utils.io import atomic_write
+from .figures import pyplot, save_png
 
 
 def class_table(confusion, classes):
@@ -30,11 +30,8 @@ def plot_confusion(path, confusion, classes):
     images (colour) with the counts written in the cells.
 
     Returns False, and writes nothing, when matplotlib is not installed."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")  # no display needed
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return False
     confusion = numpy.asarray(confusion)
     k = len(classes)
@@ -50,9 +47,5 @@ def plot_confusion(path, confusion, classes):
                     color="white" if confusion[i, j] > 0.5 * rows[i, 0] else "black")
     fig.colorbar(image, ax=ax, fraction=0.046, label="fraction of the true class")
     fig.tight_layout()
-    try:
-        with atomic_write(path) as f:
-            fig.savefig(f, format="png", dpi=100)
-    finally:
-        plt.close(fig)
+    save_png(fig, path)
     return True

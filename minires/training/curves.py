@@ -1,17 +1,14 @@
 """``curves.png``: loss and accuracy per epoch, train and test, and the learning rate (only where
 matplotlib is installed)."""
-from ..utils.io import atomic_write
+from .figures import pyplot, save_png
 
 
 def plot_curves(path, history):
     """Draw the loss, accuracy and learning-rate curves of ``history`` (metrics rows) into ``path``.
 
     Returns False, and writes nothing, when matplotlib is not installed."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")  # no display needed
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return False
     epochs = [h["epoch"] for h in history]
     fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(14, 4))
@@ -27,9 +24,5 @@ def plot_curves(path, history):
     ax3.plot(epochs, [h["lr"] for h in history], color="tab:green", **style)
     ax3.set_xlabel("epoch"), ax3.set_ylabel("learning rate (at the epoch's end)")
     fig.tight_layout()
-    try:
-        with atomic_write(path) as f:
-            fig.savefig(f, format="png", dpi=100)
-    finally:
-        plt.close(fig)
+    save_png(fig, path)
     return True
