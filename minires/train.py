@@ -40,9 +40,9 @@ from .nn.init import manual_seed
 from .optim import SGD, ConstantLR, CosineLR, MultiStepLR
 from .training import (CheckpointError, Interrupted, NonFiniteError, OutOfMemoryError, TrainingError,
                        TrainState, evaluate, fit, read_checkpoint)
+from .training.folder import RunFolder, same_folder
 from .training.guard import non_finite
 from .training.metrics import write_config
-from .utils.io import remove_stale_temporaries
 
 # Bounds that catch a typo before it starts a run that cannot work: a learning rate above
 # MAX_LR diverges on any of these networks, momentum >= 1 makes the steps grow without end,
@@ -133,6 +133,8 @@ def check_args(args):
     _check_range(args, "momentum", 0, 1)
     _check_range(args, "weight_decay", 0, 1)
     _check_range(args, "label_smoothing", 0, 1)
+    if args.seed < 0:
+        raise ValueError(f"--seed must be a non-negative integer, got {args.seed}")
     if (args.warmup or 0) < 0:
         raise ValueError(f"--warmup must not be negative, got {args.warmup}")
     if args.epochs > MAX_EPOCHS:
@@ -337,11 +339,15 @@ def run(args, checkpoint=None, comm=None):
         out = (os.path.dirname(path) or ".") if checkpoint is not None else os.path.join("runs", name)
     state.config = dict(vars(args), out=out, model_name=name, parameters=int(n_params),
                         backend_used=backend.get_backend(), processes=1 if comm is None else comm.size)
+    # One run per folder: held until the run ends, and never written over by a run that does not
+    # continue the one there (fit holds it again, as this run).
+    folder = None
     if is_main:
-        os.makedirs(out, exist_ok=True)
-        remove_stale_temporaries(out)  # what a run killed in the middle of a write left behind
-        write_config(os.path.join(out, "config.json"), state.config)
+        folder = RunFolder(out, resuming=path is not None and same_folder(path, out),
+                           ways_on=f"continue that run with --resume {out}, or give this one a new --out")
     try:
+        if is_main:
+            write_config(os.path.join(out, "config.json"), state.config)
         history = fit(state, test_loader, args.epochs, out=out, label_smoothing=args.label_smoothing,
                       progress=not args.no_progress, hooks=hooks, resumed_from=path)
     except NonFiniteError as e:
@@ -349,6 +355,9 @@ def run(args, checkpoint=None, comm=None):
                              e.checkpoint) from None
     except OutOfMemoryError as e:
         raise OutOfMemoryError(f"{e}; try a smaller --batch-size (now {args.batch_size})") from None
+    finally:
+        if folder is not None:
+            folder.release()
     print(f"done: final test accuracy {100 * history[-1]['test_acc']:.2f}% "
           f"(best {100 * state.best_acc:.2f}%); metrics and checkpoints in {out}")
     return history[-1]

@@ -366,7 +366,7 @@ def extract_archive(archive, dest_dir):
     archive, dest_dir = Path(archive), Path(dest_dir)
     target = dest_dir / FOLDER_NAME
     _refuse_incomplete(target)
-    remove_stale_temporaries(dest_dir, FOLDER_NAME)  # what an interrupted extraction left
+    remove_stale_temporaries(dest_dir, FOLDER_NAME, folders=True)  # what an interrupted extraction left
     tmp = Path(temporary_path(target))
     try:
         tmp.mkdir()
