@@ -33,9 +33,13 @@ from .functional.linear import LinearFunction
 from .functional.normalization import BatchNormEvalFunction
 from .functional.pooling import AvgPool2dFunction, GlobalAvgPool2dFunction, MaxPool2dFunction
 from .functional.residual import PadChannelsFunction
+from .training.guard import non_finite
 from .utils.io import atomic_write
 
 OPSET = 18  # ai.onnx opset of the exported graphs (ONNX >= 1.13, onnxruntime >= 1.14)
+# The opsets whose export rules are tested (onnx.checker and onnxruntime, every rule in each):
+# from 11, where Slice takes its steps and Pad its pads as inputs, as the rules write them.
+MIN_OPSET, MAX_OPSET = 11, 28
 
 
 class UnsupportedOperatorError(NotImplementedError):
@@ -196,17 +200,35 @@ RULES = {
 }
 
 
+def check_opset(opset, flag="opset"):
+    """Refuse an opset outside MIN_OPSET..MAX_OPSET, or newer than the installed onnx knows
+    (ValueError naming ``flag`` and the range)."""
+    known = _onnx().defs.onnx_opset_version()
+    high = min(MAX_OPSET, known)
+    if isinstance(opset, bool) or not isinstance(opset, (int, numpy.integer)) or not MIN_OPSET <= opset <= high:
+        newest = f"; the installed onnx knows up to {known}" if known < MAX_OPSET else ""
+        raise ValueError(f"{flag} {opset!r} is not one of {MIN_OPSET}..{high}, the opsets whose export rules are "
+                         f"tested (onnx.checker and onnxruntime){newest}")
+
+
 def to_onnx(model, input_shape=(1, 3, 32, 32), opset=OPSET, dynamic_batch=True):
     """The ONNX ModelProto of ``model`` in eval mode for inputs of ``input_shape`` (batch first).
 
     The graph has one input "input" (N, C, H, W) and one output "output"; with ``dynamic_batch``
-    N is a symbolic dimension, so any batch size runs.
+    N is a symbolic dimension, so any batch size runs. ``opset``: MIN_OPSET..MAX_OPSET. A model
+    whose weights or running statistics hold nan or inf is refused (ValueError naming them).
     """
     onnx = _onnx()
+    check_opset(opset)
     input_shape = tuple(int(n) for n in input_shape)
     params = list(model.parameters())
     if not params:
         raise ValueError("to_onnx: the model has no parameters")
+    bad = non_finite(model.state_dict())
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise ValueError(f"cannot export: nan or inf in {', '.join(bad[:3])}{more}; the exported model "
+                         f"would output nan")
     xp = backend.get_array_module(params[0].data)
     x, y = tracing.trace(model, xp.zeros(input_shape, params[0].dtype))
     b = _Builder(onnx, tracing.state_names(model))

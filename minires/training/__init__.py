@@ -21,7 +21,7 @@ from .snapshot import Snapshot, read_checkpoint
 from .state import TrainState, fresh_partial
 from .stop import StopRequest
 
-__all__ = ["CheckpointError", "Interrupted", "NonFiniteError", "OutOfMemoryError", "RunFolderError", "TrainingError",
-           "RunFolder",
+__all__ = ["CheckpointError", "Interrupted", "NonFiniteError", "OutOfMemoryError", "RunFolderError",
+           "TrainingError", "RunFolder",
            "LoopHooks", "evaluate", "fit", "train_epoch", "Snapshot", "read_checkpoint", "TrainState",
            "fresh_partial", "StopRequest"]

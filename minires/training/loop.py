@@ -70,6 +70,8 @@ def evaluate(model, loader, label_smoothing=0.0, hooks=None):
     total_loss, correct, seen = 0.0, 0, 0
     with no_grad():
         for xb, yb in loader:
+            if len(yb) == 0:  # adds nothing to the sums (and a layer needs at least one image)
+                continue
             try:
                 logits = model(Tensor(xb))
                 n = len(yb)
@@ -79,6 +81,8 @@ def evaluate(model, loader, label_smoothing=0.0, hooks=None):
             correct += int((logits.data.argmax(axis=1) == yb).sum())
             seen += n
     total_loss, correct, seen = hooks.sum([total_loss, correct, seen])
+    if seen == 0:
+        raise ValueError("evaluate: the loader gave no images to evaluate")
     return total_loss / seen, correct / seen
 
 
@@ -174,11 +178,13 @@ def fit(state, test_loader, epochs, out=None, label_smoothing=0.0, progress=True
 
     With ``out`` (a folder; on the main process only, see LoopHooks), every epoch end writes
     ``out/last.npz`` (``snapshot``), ``out/best.npz`` when the test accuracy is the best so far,
-    ``out/metrics.csv`` and ``out/curves.png``. The run holds ``out`` while it goes (``folder``):
-    RunFolderError when another process holds it, or when a state that has not trained yet
-    (or one resumed from elsewhere) would write over the files of another run there. ``resumed_from``: the checkpoint the state was
+    ``out/metrics.csv`` and ``out/curves.png``. ``resumed_from``: the checkpoint the state was
     loaded from (the one to go back to should the run fail before it saves its own). ``log``
     prints a line (the epoch summaries).
+
+    The run holds ``out`` while it goes (``folder``): RunFolderError when another process holds
+    it, or when a state that has not trained yet, or one resumed from another folder, would
+    write over the files of another run there.
 
     Ends early by raising:
     - ``Interrupted`` on Ctrl-C (see ``stop``): when the state is whole, it has been saved to
