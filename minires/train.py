@@ -9,7 +9,9 @@ Everything a run produces goes to ``--out``: metrics.csv (one row per epoch), co
 last.npz (model, optimizer, schedule, data position; written atomically at every epoch end and
 on Ctrl-C), best.npz (the weights with the best test accuracy) and curves.png when matplotlib
 is installed. ``--resume OUT/last.npz`` continues a run exactly where it stopped (and writes
-to OUT unless --out says otherwise). The checkpoint supplies the state (weights, momentum,
+to OUT unless --out says otherwise). One run per folder: an OUT that holds another run's files is
+refused unless this run resumes that one, and so is an OUT that a live run holds (OUT/.lock).
+The checkpoint supplies the state (weights, momentum,
 iteration, data position, history) and, for every option not written on the command line, the
 value its run used; an option that is written, such as a lower --lr after a loss that blew up,
 applies from the next iteration on. A larger --epochs extends a finished run.
@@ -93,7 +95,8 @@ def build_parser(exit_on_error=True):
                    help="array backend (default: $MINIRES_BACKEND or numpy)")
     r.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="floating-point type")
     r.add_argument("--seed", type=int, default=0, help="seed for weights, shuffling and augmentation")
-    r.add_argument("--out", default=None, help="output folder (default: runs/<model>)")
+    r.add_argument("--out", default=None, help="output folder (default: runs/<model>); one that holds another "
+                                               "run is refused, unless --resume continues that run")
     r.add_argument("--resume", help="checkpoint to continue from (an OUT/last.npz, or the OUT folder)")
     r.add_argument("--eval-only", action="store_true", help="evaluate the --resume checkpoint on the test set and exit")
     r.add_argument("--no-progress", action="store_true", help="no per-batch progress bar")
