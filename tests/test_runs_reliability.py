@@ -11,6 +11,7 @@ no device node or symlink is replaced, export writes no unusable file, and bad i
 import importlib
 import os
 import pickle
+import shutil
 import signal
 import stat
 import subprocess
@@ -146,6 +147,23 @@ def test_a_second_run_into_a_held_folder_is_refused_and_the_live_runs_temporary_
     proc.wait()
     assert run_main(*TINY, "--data-dir", tiny_cifar10_dir, "--out", out) == 0
     assert not (out / STALE).exists() and (out / "last.npz").is_file()
+
+
+@pytest.mark.skipif(shutil.which("mpiexec") is None, reason="needs mpiexec (pip install 'minires[mpi]')")
+def test_mpiexec_without_distributed_starts_one_run_per_folder(tiny_cifar10_dir, tmp_path):
+    """The issue's case: two copies of one run, started together into one folder. One trains; the
+    other finds the folder held (or, if it comes late, holding the first run's files) and says so."""
+    out = tmp_path / "run"
+    cmd = ["mpiexec", "-n", "2", sys.executable, "-m", "minires.train", *TINY, "--data-dir", str(tiny_cifar10_dir),
+           "--out", str(out)]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    output = done.stdout + done.stderr
+    assert output.count("done: final test accuracy") == 1, output
+    errors = [line for line in output.splitlines() if "error" in line]
+    assert len(errors) == 1 and str(out) in errors[0], output
+    assert "is in use by process" in errors[0] or "holds the files of another run" in errors[0]
+    assert "Traceback" not in output and int(minires.load(out / "last.npz")["epoch"]) == 1
 
 
 def test_fit_into_a_held_folder_is_refused(tiny_cifar10_dir, holder):
