@@ -47,6 +47,8 @@ def atomic_write(path, mode="wb", **open_kwargs):
     block finishes; an exception (KeyboardInterrupt included) leaves the old file as it was.
 
     ``mode`` is "wb" or "w" (text; ``open_kwargs`` such as ``newline=""`` go to ``open``).
+    A symlink ``path`` is written through to its target; a ``path`` that exists and is not a
+    regular file raises FileExistsError, and is left as it is.
     """
     if mode not in ("wb", "w"):
         raise ValueError(f"atomic_write writes a whole new file: mode must be 'wb' or 'w', not {mode!r}")
