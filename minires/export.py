@@ -10,14 +10,17 @@ input is then float32 (N, 3, 32, 32) RGB in [0, 1] (``minires.image.to_unit`` of
 exports the weights that ship with minires instead of a checkpoint.
 """
 import argparse
+import numbers
 import sys
 
 from . import models
 from .data.transforms import check_preprocessing
-from .onnx import OPSET, UnsupportedOperatorError, export
+from .onnx import MAX_OPSET, MIN_OPSET, OPSET, UnsupportedOperatorError, check_opset, export
 from .serialization import load
-from .weights import pretrained_checkpoint
+from .summary import check_input_shape
+from .train import check_size
 from .utils.cli import HelpFormatter
+from .weights import pretrained_checkpoint
 
 
 def build_parser():
@@ -32,7 +35,7 @@ def build_parser():
                                                           "(default: the checkpoint's, else A)")
     p.add_argument("--input-shape", type=int, nargs=3, default=(3, 32, 32), metavar=("C", "H", "W"),
                    help="shape of one image")
-    p.add_argument("--opset", type=int, default=OPSET, help="ONNX opset")
+    p.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset, {MIN_OPSET} to {MAX_OPSET}")
     p.add_argument("--with-preprocessing", action="store_true",
                    help="normalise inside the graph as the checkpoint's run did: the input is then RGB in [0, 1]")
     return p
@@ -42,21 +45,53 @@ IMAGENET_FAMILY = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
                    "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2")
 
 
-def model_from_checkpoint(checkpoint, name=None, shortcut=None):
+def _read_config(config, path):
+    """The run config's model, depth and shortcut, each checked (ValueError naming the entry)."""
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: entry 'config' must be a dict (the options of its run), "
+                         f"found {type(config).__name__}")
+    for key in ("model", "shortcut"):
+        if config.get(key) is not None and not isinstance(config[key], str):
+            raise ValueError(f"{path}: config entry {key!r} must be a string, found {type(config[key]).__name__}")
+    depth = config.get("depth")
+    if depth is not None:
+        if not isinstance(depth, numbers.Integral) or isinstance(depth, bool) or depth < 1:
+            raise ValueError(f"{path}: config entry 'depth' must be a positive integer, found {depth!r}")
+        depth = int(depth)
+    if depth is not None and config.get("model") is None:
+        try:  # a typo such as 600000002 would otherwise take minutes to build, then fail
+            check_size(argparse.Namespace(model=None, depth=depth, dtype="float32"))
+        except ValueError as e:
+            raise ValueError(f"{path}: its config has depth {depth}: {e}") from None
+    return config.get("model"), depth, config.get("shortcut")
+
+
+def _array_entry(state, key, ndim, what, path):
+    """``state[key]`` when it is an array of ``ndim`` dimensions, None when absent."""
+    value = state.get(key)
+    if value is not None and getattr(value, "ndim", None) != ndim:
+        found = f"shape {value.shape}" if hasattr(value, "shape") else f"a {type(value).__name__}"
+        raise ValueError(f"{path}: entry {key!r} must be a {ndim}-d array {what}, found {found}")
+    return value
+
+
+def model_from_checkpoint(checkpoint, name=None, shortcut=None, path="the checkpoint"):
     """(model, state dict) for a training checkpoint or a bare state dict.
 
     The model is named by ``name``, else by the checkpoint's run config; its number of classes
-    is read from the ``fc.weight`` of the state.
+    is read from the ``fc.weight`` of the state. ``path`` names the file in the errors.
     """
     state, config = checkpoint, {}
     if isinstance(checkpoint.get("model"), dict):
-        state, config = checkpoint["model"], checkpoint.get("config") or {}
+        state = checkpoint["model"]
+        config = checkpoint.get("config") if checkpoint.get("config") is not None else {}
+    config_model, depth, config_shortcut = _read_config(config, path)
     kwargs = {}
-    if name is None and config.get("model") is None and config.get("depth") is not None:
+    if name is None and config_model is None and depth is not None:
         name = "cifar_resnet"  # trained with --depth (and --shortcut)
-        kwargs = {"depth": int(config["depth"]), "shortcut": config.get("shortcut", "A")}
+        kwargs = {"depth": depth, "shortcut": config_shortcut or "A"}
     elif name is None:
-        name = config.get("model")
+        name = config_model
     if name is None:
         raise ValueError("the checkpoint does not name its model (a bare state dict?): pass --model, "
                          f"one of {', '.join(models.names())}")
@@ -64,10 +99,12 @@ def model_from_checkpoint(checkpoint, name=None, shortcut=None):
         if name in IMAGENET_FAMILY or name.endswith("v2") or name == "preact_resnet":
             raise ValueError(f"--shortcut applies to the CIFAR ResNets v1 (resnet20 ... resnet1202), not {name}")
         kwargs["shortcut"] = shortcut
-    if "fc.weight" in state:
-        kwargs["num_classes"] = int(state["fc.weight"].shape[0])
-    if name in IMAGENET_FAMILY and "conv1.weight" in state:
-        kwargs["stem"] = "imagenet" if state["conv1.weight"].shape[-1] == 7 else "cifar"
+    fc = _array_entry(state, "fc.weight", 2, "(classes, features)", path)
+    if fc is not None:
+        kwargs["num_classes"] = int(fc.shape[0])
+    conv1 = _array_entry(state, "conv1.weight", 4, "(out, in, kh, kw)", path)
+    if name in IMAGENET_FAMILY and conv1 is not None:
+        kwargs["stem"] = "imagenet" if conv1.shape[-1] == 7 else "cifar"
     model = models.create(name, **kwargs)
     return model, state
 
@@ -78,11 +115,13 @@ def main(argv=None):
     if (args.checkpoint is None) == (args.pretrained is None):
         parser.error("give a checkpoint or --pretrained NAME (one of them)")
     try:
+        check_opset(args.opset, "--opset")
+        check_input_shape(args.input_shape)
         if args.pretrained:
             checkpoint, args.checkpoint = pretrained_checkpoint(args.pretrained)
         else:
             checkpoint = load(args.checkpoint)
-        model, state = model_from_checkpoint(checkpoint, args.model, args.shortcut)
+        model, state = model_from_checkpoint(checkpoint, args.model, args.shortcut, args.checkpoint)
         try:
             model.load_state_dict(state)
         except (KeyError, ValueError) as e:
@@ -94,8 +133,13 @@ def main(argv=None):
                 raise ValueError(f"{args.checkpoint} stores no preprocessing (a bare state dict, or a checkpoint "
                                  f"written before checkpoints did): export it without --with-preprocessing")
             check_preprocessing(preprocessing, f"{args.checkpoint}: preprocessing")
-        export(model, args.output, input_shape=(1,) + tuple(args.input_shape), opset=args.opset,
-               preprocessing=preprocessing)
+        try:
+            export(model, args.output, input_shape=(1,) + tuple(args.input_shape), opset=args.opset,
+                   preprocessing=preprocessing)
+        except MemoryError as e:
+            shape = " ".join(map(str, args.input_shape))
+            raise ValueError(f"out of memory tracing one image of --input-shape {shape} ({e}); "
+                             f"try a smaller one") from None
     except (OSError, ValueError, ImportError, UnsupportedOperatorError) as e:
         print(f"minires.export: error: {e}", file=sys.stderr)
         return 2

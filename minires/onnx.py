@@ -40,9 +40,13 @@ from .functional.normalization import BatchNormEvalFunction
 from .functional.pooling import AvgPool2dFunction, GlobalAvgPool2dFunction, MaxPool2dFunction
 from .functional.residual import PadChannelsFunction
 from .data.transforms import unit_scale_stats
+from .training.guard import non_finite
 from .utils.io import atomic_write
 
 OPSET = 18  # ai.onnx opset of the exported graphs (ONNX >= 1.13, onnxruntime >= 1.14)
+# The opsets whose export rules are tested (onnx.checker and onnxruntime, every rule in each):
+# from 11, where Slice takes its steps and Pad its pads as inputs, as the rules write them.
+MIN_OPSET, MAX_OPSET = 11, 28
 
 
 class UnsupportedOperatorError(NotImplementedError):
@@ -60,8 +64,8 @@ def _onnx():
 class _Builder:
     """Collects the ONNX nodes and initializers of one graph and names its values."""
 
-    def __init__(self, onnx, state_names):
-        self.onnx, self.state_names = onnx, state_names
+    def __init__(self, onnx, state_names, opset=OPSET):
+        self.onnx, self.state_names, self.opset = onnx, state_names, opset
         self.nodes, self.initializers, self.values = [], [], {}
         self.used = set()
 
@@ -138,7 +142,16 @@ def _leaky_relu(b, f, xs):
 
 def _softmax(op):
     def rule(b, f, xs):
-        return b.node(op, xs, op.lower(), axis=f.dim)
+        last = len(f.output_meta[0][0]) - 1
+        if b.opset >= 13 or f.dim == last:
+            return b.node(op, xs, op.lower(), axis=f.dim)
+        # Before opset 13 (Log)Softmax normalises over all the axes from ``axis`` on, as one:
+        # move ``dim`` last, normalise over it, and move it back.
+        perm = [a for a in range(last + 1) if a != f.dim] + [f.dim]
+        inverse = [perm.index(a) for a in range(last + 1)]
+        y = b.node("Transpose", xs, "softmax_dim_last", perm=perm)
+        y = b.node(op, [y], op.lower(), axis=last)
+        return b.node("Transpose", [y], "softmax_dim_back", perm=inverse)
     return rule
 
 
@@ -219,6 +232,17 @@ RULES = {
 }
 
 
+def check_opset(opset, flag="opset"):
+    """Refuse an opset outside MIN_OPSET..MAX_OPSET, or newer than the installed onnx knows
+    (ValueError naming ``flag`` and the range)."""
+    known = _onnx().defs.onnx_opset_version()
+    high = min(MAX_OPSET, known)
+    if isinstance(opset, bool) or not isinstance(opset, (int, numpy.integer)) or not MIN_OPSET <= opset <= high:
+        newest = f"; the installed onnx knows up to {known}" if known < MAX_OPSET else ""
+        raise ValueError(f"{flag} {opset!r} is not one of {MIN_OPSET}..{high}, the opsets whose export rules are "
+                         f"tested (onnx.checker and onnxruntime){newest}")
+
+
 def to_onnx(model, input_shape=(1, 3, 32, 32), opset=OPSET, dynamic_batch=True, preprocessing=None):
     """The ONNX ModelProto of ``model`` in eval mode for inputs of ``input_shape`` (batch first).
 
@@ -227,15 +251,23 @@ def to_onnx(model, input_shape=(1, 3, 32, 32), opset=OPSET, dynamic_batch=True, 
     see ``minires.data.preprocessing_entry``) puts the input normalisation into the graph: Sub
     (mean / 255) and Div (std / 255) nodes before the network, the constants of
     ``minires.data.unit_scale_stats``, so the input is then images in [0, 1] (``minires.image.to_unit``).
+    ``opset``: MIN_OPSET..MAX_OPSET. A model whose weights or running statistics hold nan or inf
+    is refused (ValueError naming them).
     """
     onnx = _onnx()
+    check_opset(opset)
     input_shape = tuple(int(n) for n in input_shape)
     params = list(model.parameters())
     if not params:
         raise ValueError("to_onnx: the model has no parameters")
+    bad = non_finite(model.state_dict())
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise ValueError(f"cannot export: nan or inf in {', '.join(bad[:3])}{more}; the exported model "
+                         f"would output nan")
     xp = backend.get_array_module(params[0].data)
     x, y = tracing.trace(model, xp.zeros(input_shape, params[0].dtype))
-    b = _Builder(onnx, tracing.state_names(model))
+    b = _Builder(onnx, tracing.state_names(model), opset)
     b.values[id(x)] = b.fresh("input")
     if preprocessing is not None:
         mean, std = unit_scale_stats(preprocessing["mean"], preprocessing["std"], input_shape[1], "float32")

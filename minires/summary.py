@@ -6,6 +6,7 @@ are observed with forward hooks (``Module.register_forward_pre_hook`` opens a ro
 ``register_forward_hook`` fills it in), removed afterwards with the training modes restored,
 so the model is left as it was.
 """
+import math
 from dataclasses import dataclass, field
 
 import numpy
@@ -167,6 +168,22 @@ def summary(model, input_shape, batch_size=1, print_fn=print, dtype="float32", m
     return result
 
 
+def check_input_shape(shape, flag="--input-shape"):
+    """Refuse an image shape (C, H, W) with a size below 1, or one whose tracing cannot fit in
+    this machine's memory: the image in float32 and the im2col copy that the first convolution
+    (3x3 or larger) makes of it, 10 times the image, before any other activation."""
+    words = " ".join(map(str, shape))
+    if any(n < 1 for n in shape):
+        raise ValueError(f"{flag} {words}: every size must be at least 1")
+    from .train import physical_memory  # the command line's estimate of what fits
+
+    image = 4 * math.prod(shape)
+    have = physical_memory()
+    if have is not None and 10 * image > have:
+        raise ValueError(f"{flag} {words}: one image is {image / 2**30:,.1f} GiB in float32 and tracing it needs "
+                         f"at least 10 times that; this machine has {have / 2**30:,.0f} GiB")
+
+
 def main(argv=None):
     """``python -m minires.summary --model resnet20 --graph r20.svg``: the table, and the graph drawn."""
     import argparse
@@ -186,11 +203,16 @@ def main(argv=None):
     p.add_argument("--no-collapse", action="store_true", help="draw every block, not each run of identical ones once")
     args = p.parse_args(argv)
     try:
+        check_input_shape(args.input_shape)
         model = models.create(args.model)
-        summary(model, args.input_shape, max_depth=args.max_depth)
-        if args.graph:
-            dot = viz.model_graph(model, (1,) + tuple(args.input_shape), collapse=not args.no_collapse)
-            print(f"wrote {viz.render(dot, args.graph)}")
+        try:
+            summary(model, args.input_shape, max_depth=args.max_depth)
+            if args.graph:
+                dot = viz.model_graph(model, (1,) + tuple(args.input_shape), collapse=not args.no_collapse)
+                print(f"wrote {viz.render(dot, args.graph)}")
+        except MemoryError as e:
+            raise ValueError(f"out of memory tracing one image of --input-shape "
+                             f"{' '.join(map(str, args.input_shape))} ({e}); try a smaller one") from None
     except (ValueError, OSError, ImportError, RuntimeError) as e:
         print(f"minires.summary: error: {e}", file=sys.stderr)
         return 2

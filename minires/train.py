@@ -12,7 +12,9 @@ Everything a run produces goes to ``--out``: metrics.csv (one row per epoch), co
 last.npz (model, optimizer, schedule, data position; written atomically at every epoch end and
 on Ctrl-C), best.npz (the weights with the best test accuracy) and curves.png when matplotlib
 is installed. ``--resume OUT/last.npz`` continues a run exactly where it stopped (and writes
-to OUT unless --out says otherwise). The checkpoint supplies the state (weights, momentum,
+to OUT unless --out says otherwise). One run per folder: an OUT that holds another run's files is
+refused unless this run resumes that one, and so is an OUT that a live run holds (OUT/.lock).
+The checkpoint supplies the state (weights, momentum,
 iteration, data position, history) and, for every option not written on the command line, the
 value its run used; an option that is written, such as a lower --lr after a loss that blew up,
 applies from the next iteration on. A larger --epochs extends a finished run.
@@ -44,10 +46,10 @@ from .optim import SGD, Adam, AdamW, ConstantLR, CosineLR, MultiStepLR
 from .training import (CheckpointError, Interrupted, NonFiniteError, OutOfMemoryError, TrainingError,
                        TrainState, evaluate, fit, read_checkpoint)
 from .training.confusion import class_table, plot_confusion
+from .training.folder import RunFolder, same_folder
 from .training.guard import non_finite
 from .training.metrics import write_config
 from .utils.cli import HelpFormatter
-from .utils.io import remove_stale_temporaries
 
 # Bounds that catch a typo before it starts a run that cannot work: a learning rate above
 # MAX_LR diverges on any of these networks, momentum >= 1 makes the steps grow without end,
@@ -155,7 +157,8 @@ def build_parser(exit_on_error=True):
                    help="array backend (default: $MINIRES_BACKEND or numpy)")
     r.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="floating-point type")
     r.add_argument("--seed", type=int, default=0, help="seed for weights, shuffling and augmentation")
-    r.add_argument("--out", default=None, help="output folder (default: runs/<model>)")
+    r.add_argument("--out", default=None, help="output folder (default: runs/<model>); one that holds another "
+                                               "run is refused, unless --resume continues that run")
     r.add_argument("--resume", help="checkpoint to continue from (an OUT/last.npz, or the OUT folder)")
     r.add_argument("--eval-only", action="store_true",
                    help="evaluate the --resume checkpoint (or --pretrained weights) on the test set: accuracy per "
@@ -213,6 +216,8 @@ def check_args(args):
     _check_range(args, "eps", 0, 1, low_open=True)
     if args.nesterov and args.optimizer != "sgd":
         raise ValueError(f"--nesterov is SGD's momentum; --optimizer {args.optimizer} has none")
+    if args.seed < 0:
+        raise ValueError(f"--seed must be a non-negative integer, got {args.seed}")
     if (args.warmup or 0) < 0:
         raise ValueError(f"--warmup must not be negative, got {args.warmup}")
     if args.epochs > MAX_EPOCHS:
@@ -480,11 +485,15 @@ def run(args, checkpoint=None, comm=None):
         out = (os.path.dirname(path) or ".") if checkpoint is not None else os.path.join("runs", name)
     state.config = dict(vars(args), out=out, model_name=name, parameters=int(n_params),
                         backend_used=backend.get_backend(), processes=1 if comm is None else comm.size)
+    # One run per folder: held until the run ends, and never written over by a run that does not
+    # continue the one there (fit holds it again, as this run).
+    folder = None
     if is_main:
-        os.makedirs(out, exist_ok=True)
-        remove_stale_temporaries(out)  # what a run killed in the middle of a write left behind
-        write_config(os.path.join(out, "config.json"), state.config)
+        folder = RunFolder(out, resuming=path is not None and same_folder(path, out),
+                           ways_on=f"continue that run with --resume {out}, or give this one a new --out")
     try:
+        if is_main:
+            write_config(os.path.join(out, "config.json"), state.config)
         history = fit(state, test_loader, args.epochs, out=out, label_smoothing=args.label_smoothing,
                       progress=not args.no_progress, hooks=hooks, resumed_from=path)
     except NonFiniteError as e:
@@ -492,6 +501,9 @@ def run(args, checkpoint=None, comm=None):
                              e.checkpoint) from None
     except OutOfMemoryError as e:
         raise OutOfMemoryError(f"{e}; try a smaller --batch-size (now {args.batch_size})") from None
+    finally:
+        if folder is not None:
+            folder.release()
     print(f"done: final test accuracy {100 * history[-1]['test_acc']:.2f}% "
           f"(best {100 * state.best_acc:.2f}%); metrics and checkpoints in {out}")
     return history[-1]

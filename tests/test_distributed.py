@@ -378,7 +378,7 @@ def test_two_processes_train_as_one_and_only_rank_0_speaks(tiny_cifar10_dir, str
     assert output.count("parameters on numpy") == 1 and output.count("epoch   2/2") == 1, output
     assert "data parallel on 2 processes" in output and "16 images per process, SyncBatchNorm" in output
     assert_same_run(tmp_path / "last.npz", straight[2])
-    written = set(os.listdir(tmp_path)) - {"curves.png"}  # curves.png with matplotlib only
+    written = set(os.listdir(tmp_path)) - {"curves.png", ".lock"}  # curves.png with matplotlib only
     assert written == {"best.npz", "config.json", "last.npz", "metrics.csv"}
 
 

@@ -286,5 +286,5 @@ def test_stale_temporaries_are_recognised_and_only_they_are_removed(tmp_path):
         (tmp_path / name).write_text("mine")
     removed = remove_stale_temporaries(tmp_path, "last.npz")
     assert removed == [stale[0]]
-    assert len(remove_stale_temporaries(tmp_path)) == 2
+    assert len(remove_stale_temporaries(tmp_path, folders=True)) == 2
     assert sorted(os.listdir(tmp_path)) == sorted(keep)

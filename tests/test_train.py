@@ -819,7 +819,7 @@ def test_fit_on_the_main_process_writes_the_run(tiny_cifar10_dir, tmp_path, caps
     """The README's Python example: TrainState + fit with an output folder."""
     state, test_loader = _tiny_state(tiny_cifar10_dir, weight_decay=1e-4)
     history = loop.fit(state, test_loader, epochs=1, out=tmp_path)
-    assert sorted(os.listdir(tmp_path)) == sorted(["last.npz", "best.npz", "metrics.csv"] +
+    assert sorted(os.listdir(tmp_path)) == sorted([".lock", "last.npz", "best.npz", "metrics.csv"] +
                                                  (["curves.png"] if _has_matplotlib() else []))
     assert "epoch   1/1" in capsys.readouterr().out
     saved = load(tmp_path / "last.npz")

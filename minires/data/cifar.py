@@ -14,6 +14,7 @@ import gzip
 import hashlib
 import os
 import pickle
+import reprlib
 import shutil
 import tarfile
 import urllib.request
@@ -90,12 +91,24 @@ _ALLOWED_GLOBALS = {
 }
 
 
-class SafeUnpickler(pickle.Unpickler):
+_BYTE_ORDERS = ("<", ">", "|", "=", b"<", b">", b"|", b"=")
+
+
+class SafeUnpickler(pickle._Unpickler):
     """An unpickler that can rebuild NumPy arrays, dicts, lists, strings and numbers, and nothing else.
 
     Any other global named in the stream (``os.system``, ``builtins.eval``, ...) raises
     ``UnsafePickleError`` (a ``pickle.UnpicklingError``) before it can be called.
+
+    A dtype's pickled state carries NumPy's internal fields (flags, sizes, fields), which NumPy
+    trusts: forged ones made it print tracebacks from its internals, or load a uint8 array it
+    treats as holding Python objects. So the state a dtype is built with (BUILD) must be NumPy's
+    own for its type, but for the byte order. That check needs the pure-Python unpickler (the C
+    one has no hook there); a CIFAR batch is one long string and 10,000 small ints, which it reads
+    as fast.
     """
+
+    dispatch = dict(pickle._Unpickler.dispatch)
 
     def find_class(self, module, name):
         try:
@@ -103,6 +116,18 @@ class SafeUnpickler(pickle.Unpickler):
         except KeyError:
             raise UnsafePickleError(
                 f"refusing to load global {module}.{name}: a CIFAR-10 batch only needs NumPy arrays") from None
+
+    def load_build(self):
+        inst, state = self.stack[-2], self.stack[-1]
+        if isinstance(inst, numpy.dtype):
+            own = inst.__reduce__()[2]  # the state of a fresh dtype of this type
+            if not (isinstance(state, tuple) and len(state) == len(own) and state[1] in _BYTE_ORDERS
+                    and state[:1] + state[2:] == own[:1] + own[2:]):
+                raise UnsafePickleError(f"refusing a forged NumPy dtype: the state {reprlib.repr(state)} is not "
+                                        f"NumPy's own for {inst} ({own!r})")
+        super().load_build()
+
+    dispatch[pickle.BUILD[0]] = load_build
 
 
 def _safe_load(path):
@@ -185,7 +210,10 @@ def load_class_names(folder):
     names = _get(d, "label_names", path) if isinstance(d, dict) else None
     if not isinstance(names, list) or len(names) != 10:
         raise ValueError(f"{path}: 'label_names' must be a list of 10 names")
-    return tuple(n.decode("ascii") if isinstance(n, bytes) else str(n) for n in names)
+    try:
+        return tuple(n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in names)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: the label names must be text (UTF-8), found {e.object!r}") from None
 
 
 def load_cifar10(data_dir=None, download=False):
@@ -366,7 +394,7 @@ def extract_archive(archive, dest_dir):
     archive, dest_dir = Path(archive), Path(dest_dir)
     target = dest_dir / FOLDER_NAME
     _refuse_incomplete(target)
-    remove_stale_temporaries(dest_dir, FOLDER_NAME)  # what an interrupted extraction left
+    remove_stale_temporaries(dest_dir, FOLDER_NAME, folders=True)  # what an interrupted extraction left
     tmp = Path(temporary_path(target))
     try:
         tmp.mkdir()

@@ -1,5 +1,6 @@
 """``Module``: the container of parameters, buffers and sub-modules, with PyTorch's names."""
 from collections import OrderedDict
+from collections.abc import Mapping
 
 import numpy
 
@@ -232,6 +233,13 @@ class Module:
         With ``strict``, missing or unexpected keys raise; mis-shaped arrays always raise.
         Returns (missing_keys, unexpected_keys).
         """
+        if not isinstance(state, Mapping):
+            raise TypeError(f"load_state_dict into {type(self).__name__}: expected a state dict (a dict of "
+                            f"names to arrays), got {type(state).__name__}")
+        names = [k for k in state if not isinstance(k, str)]
+        if names:
+            raise ValueError(f"load_state_dict into {type(self).__name__} failed: key {names[0]!r} "
+                             f"({type(names[0]).__name__}) is not a parameter name (a string such as 'fc.weight')")
         targets = OrderedDict()
         for name, m in self.named_modules():
             for registry in (m._parameters, m._buffers):

@@ -9,16 +9,19 @@ a reader finds each in one place.
 - ``snapshot``: last.npz and best.npz, never written with non-finite numbers;
   ``read_checkpoint`` checks a checkpoint file before it is used.
 - ``metrics``: metrics.csv and config.json. ``curves``: curves.png (with matplotlib).
+- ``folder``: ``RunFolder``, one run at a time in an output folder, never over another run.
 - ``progress``: the tqdm bar. ``guard``: nan/inf. ``stop``: Ctrl-C. ``errors``: how a run ends.
 
 ``minires.train`` is the command line built on them.
 """
-from .errors import CheckpointError, Interrupted, NonFiniteError, OutOfMemoryError, TrainingError
+from .errors import CheckpointError, Interrupted, NonFiniteError, OutOfMemoryError, RunFolderError, TrainingError
+from .folder import RunFolder
 from .loop import LoopHooks, evaluate, fit, train_epoch
 from .snapshot import Snapshot, read_checkpoint
 from .state import TrainState, fresh_partial
 from .stop import StopRequest
 
-__all__ = ["CheckpointError", "Interrupted", "NonFiniteError", "OutOfMemoryError", "TrainingError",
+__all__ = ["CheckpointError", "Interrupted", "NonFiniteError", "OutOfMemoryError", "RunFolderError",
+           "TrainingError", "RunFolder",
            "LoopHooks", "evaluate", "fit", "train_epoch", "Snapshot", "read_checkpoint", "TrainState",
            "fresh_partial", "StopRequest"]

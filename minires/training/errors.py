@@ -23,6 +23,11 @@ class CheckpointError(ValueError):
     """A checkpoint file that is not a usable minires training checkpoint; the message names it."""
 
 
+class RunFolderError(ValueError):
+    """The output folder cannot take this run: another process holds it, or it holds the files
+    of another run (see ``folder``); the message names the folder and the ways on."""
+
+
 class Interrupted(Exception):
     """Ctrl-C stopped the run.
 

@@ -7,6 +7,7 @@ each live in their own module: ``snapshot`` (last.npz / best.npz), ``metrics`` (
 A variant of the loop, such as data-parallel training over several processes, plugs in through
 ``LoopHooks`` rather than by copying it.
 """
+import contextlib
 import math
 import os
 import time
@@ -19,6 +20,7 @@ from ..autograd import Tensor, no_grad
 from ..profiler import section
 from .curves import plot_curves
 from .errors import Interrupted, NonFiniteError, OutOfMemoryError, TrainingError
+from .folder import RunFolder, same_folder
 from .guard import check_loss
 from .metrics import epoch_row, format_row, write_metrics
 from .progress import progress_bar
@@ -95,6 +97,8 @@ def evaluate(model, loader, label_smoothing=0.0, hooks=None, confusion=None):
     if confusion is not None:
         confusion[...] = numpy.reshape(hooks.sum(confusion.ravel().tolist()), confusion.shape)
     total_loss, correct, seen = hooks.sum([total_loss, correct, seen])
+    if seen == 0:
+        raise ValueError("evaluate: the loader gave no images to evaluate")
     return total_loss / seen, correct / seen
 
 
@@ -198,6 +202,10 @@ def fit(state, test_loader, epochs, out=None, label_smoothing=0.0, progress=True
     loaded from (the one to go back to should the run fail before it saves its own). ``log``
     prints a line (the epoch summaries).
 
+    The run holds ``out`` while it goes (``folder``): RunFolderError when another process holds
+    it, or when a state that has not trained yet, or one resumed from another folder, would
+    write over the files of another run there.
+
     Ends early by raising:
     - ``Interrupted`` on Ctrl-C (see ``stop``): when the state is whole, it has been saved to
       ``out/last.npz`` first (``saved``), unless its weights are no longer finite (``reason``).
@@ -210,10 +218,16 @@ def fit(state, test_loader, epochs, out=None, label_smoothing=0.0, progress=True
     writes = out is not None and hooks.is_main
     snapshot = Snapshot(out, good=resumed_from) if writes else None
     good = (lambda: snapshot.good) if writes else (lambda: resumed_from)
-    if writes and state.history:  # a resumed run's metrics.csv is complete at once, also in a new folder
-        _write_logs(out, state.history)
+    folder = contextlib.nullcontext()
+    if writes:
+        # A state that has not trained yet starts a new run; one that has continues a run, the
+        # one in ``out`` when it was resumed from there.
+        fresh = state.epoch == 0 and not state.history and state.schedule.step_count == 0
+        folder = RunFolder(out, resuming=same_folder(resumed_from, out) if resumed_from is not None else not fresh)
     first = True
-    with StopRequest(announce=hooks.is_main) as stop:
+    with folder, StopRequest(announce=hooks.is_main) as stop:
+        if writes and state.history:  # a resumed run's metrics.csv is complete at once, also in a new folder
+            _write_logs(out, state.history)
         while state.epoch < epochs:
             try:
                 train_epoch(state, stop, epochs, label_smoothing, progress, hooks)
