@@ -19,7 +19,7 @@ from . import autograd, data, functional, models, nn, optim, profiler, utils
 from .interop import load_torch_state_dict
 from .inference import predict
 from .serialization import load, save
-from .summary import summary
+from .model_summary import summary
 from .utils.threads import get_num_threads, set_num_threads
 
 __version__ = "0.1.0"

@@ -17,7 +17,7 @@ from . import models
 from .data.transforms import check_preprocessing
 from .onnx import MAX_OPSET, MIN_OPSET, OPSET, UnsupportedOperatorError, check_opset, export
 from .serialization import load
-from .summary import check_input_shape
+from .model_summary import check_input_shape
 from .train import check_size
 from .utils.cli import HelpFormatter
 from .weights import pretrained_checkpoint

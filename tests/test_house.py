@@ -134,3 +134,24 @@ def test_backend_imports_nothing_of_minires():
     assert not [n for n in imports if isinstance(n, ast.ImportFrom) and n.level > 0]
     assert minires.backend.to_numpy(Tensor(np.ones(2))).tolist() == [1.0, 1.0]
     assert minires.backend.get_array_module(Tensor(np.ones(2))) is np
+
+
+def test_summary_the_function_and_summary_the_command_are_apart():
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = str(Path(__file__).resolve().parents[1])
+    probe = "import sys, minires; print(callable(minires.summary), 'minires.summary' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=root).stdout.split()
+    assert out == ["True", "False"]
+    run = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-m", "minires.summary", "--model", "resnet20",
+                          "--input-shape", "3", "8", "8"], capture_output=True, text=True, cwd=root)
+    assert run.returncode == 0 and "RuntimeWarning" not in run.stderr, run.stderr
+    assert "Total params: 269,722" in run.stdout
+
+
+def test_a_summary_reprs_in_one_line():
+    s = minires.summary(minires.models.cifar_resnet(8), (3, 8, 8), print_fn=None)
+    text = repr(s)
+    assert "\n" not in text and len(text) < 200 and "75,290 parameters" in text
+    assert "Total params: 75,290" in str(s)

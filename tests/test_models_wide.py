@@ -8,7 +8,7 @@ from minires import Tensor, gradcheck, models, nn
 from minires.models.blocks import Bottleneck, projection
 from minires.models.resnet import ResNet
 from minires.models.wide import WideBasicBlock
-from minires.summary import summary
+from minires.model_summary import summary
 
 # REFERENCE.md, "ResNeXt and Wide ResNet": imagenet stem, 1000 classes
 TORCHVISION = {

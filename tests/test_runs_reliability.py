@@ -262,7 +262,7 @@ def r8_checkpoint(tmp_path):
 def test_export_and_summary_refuse_a_fifo(r8_checkpoint, tmp_path, capfd):
     pytest.importorskip("onnx")
     export_cli = importlib.import_module("minires.export")
-    summary_cli = importlib.import_module("minires.summary")
+    summary_cli = importlib.import_module("minires.model_summary")
     fifo, dot = tmp_path / "out.onnx", tmp_path / "graph.dot"
     os.mkfifo(fifo)
     os.mkfifo(dot)
@@ -395,7 +395,7 @@ def test_a_huge_input_shape_is_one_line(r8_checkpoint, capfd):
     assert "--input-shape 3 60000 60000" in line
     assert "--input-shape 3 0 32: every size must be at least 1" in _export_error(
         r8_checkpoint, capfd, "--input-shape", "3", "0", "32")
-    summary_cli = importlib.import_module("minires.summary")
+    summary_cli = importlib.import_module("minires.model_summary")
     assert summary_cli.main(["--model", "resnet20", "--input-shape", "3", "60000", "60000"]) == 2
     assert "--input-shape 3 60000 60000" in error_line(capfd, "minires.summary")
 

@@ -4,7 +4,7 @@ import pytest
 
 from minires import functional as F
 from minires import models, nn
-from minires.summary import summary
+from minires.model_summary import summary
 
 
 def test_resnet20_totals():

@@ -9,7 +9,7 @@ import pytest
 import minires
 from minires import Tensor, models, nn, tracing, viz
 from minires import functional as F
-from minires.summary import main as summary_main
+from minires.model_summary import main as summary_main
 
 NODE = re.compile(r"^\s*(\w+) \[label=\"((?:[^\"\\]|\\.)*)\"", re.M)
 EDGE = re.compile(r"^\s*(\w+) -> (\w+);", re.M)
