@@ -1,4 +1,5 @@
-"""Inference without batch-norm passes: a convolution followed by batch norm folded into one.
+"""Inference without batch-norm passes: ``fuse_conv_bn(model)``, a copy of an eval-mode model in
+which each convolution and the batch norm after it are one convolution.
 
 In evaluation mode batch norm is a fixed per-channel affine map of the convolution's output,
     bn(z)[n, o] = z[n, o] * scale[o] + shift[o],
@@ -8,17 +9,24 @@ and a convolution is linear in its weights, so for z = conv(x; W, b)
 (b = 0 when the convolution has no bias): one convolution, and none of the two passes over its
 output that batch norm costs.
 
-``model.fuse()`` marks every (convolution, batch norm) pair that a module declares in its
-``conv_bn_pairs`` (``Sequential`` finds adjacent pairs itself). The folded path is taken only
-when both layers are in evaluation mode and no graph is being recorded (inside ``no_grad()``),
-so training, and gradients taken in evaluation mode, always see the unfolded layers. The folded
-weights are computed on first use and kept until any array they came from (W, b, gamma, beta,
-the running statistics) changes: each folded call compares those arrays with the copies it
-folded (a few hundred thousand numbers for ResNet-20, far cheaper than the convolution).
+``fuse_conv_bn`` is a transform, as PyTorch's ``fuse_conv_bn_eval`` (and ``fuse_modules``):
+it returns a deep copy that shares no array with ``model``, in which each folded convolution
+holds W * scale and a bias, and each folded batch norm is an ``Identity``. ``model`` itself is
+not changed, and the copy is a snapshot: changing ``model`` afterwards (training it, a new
+``eps``, other running statistics) does not reach the copy; fuse again for a new one. The
+pairs are those a module declares in its ``conv_bn_pairs`` (a class attribute of (conv name,
+batch-norm name) pairs where the batch norm directly follows the convolution, as the ResNet
+blocks have) and adjacent (Conv2d, BatchNorm2d) in a ``Sequential``. ``SyncBatchNorm`` is plain
+batch norm in eval mode and folds the same way.
 """
+import copy
+
 import numpy
 
-from .. import autograd, backend
+from .. import backend
+from .layers import BatchNorm2d, Conv2d, Identity, Sequential
+from .module import Parameter
+from .sync_batchnorm import SyncBatchNorm
 
 
 def fold_conv_bn(W, b, gamma, beta, running_mean, running_var, eps):
@@ -34,59 +42,47 @@ def fold_conv_bn(W, b, gamma, beta, running_mean, running_var, eps):
     return Wf.astype(W.dtype), bf.astype(W.dtype)
 
 
-def _same(a, b):
-    """True when arrays a and b hold the same values in the same dtype, shape and backend."""
-    return (type(a) is type(b) and a.dtype == b.dtype and a.shape == b.shape
-            and bool(backend.get_array_module(a).array_equal(a, b)))
-
-
-class ConvBNFold:
-    """The link between one Conv2d and the BatchNorm2d after it, with the folded weights."""
-
-    def __init__(self, conv, bn):
-        self.conv, self.bn = conv, bn
-        self.sources = None  # copies of the arrays the folded weights were made from
-        self.W = self.b = None
-
-    def active(self):
-        """Whether to run folded now: both layers in eval mode and no graph being recorded."""
-        return not self.conv.training and not self.bn.training and not autograd.is_grad_enabled()
-
-    def _current(self):
-        conv, bn = self.conv, self.bn
-        return [conv.weight.data, None if conv.bias is None else conv.bias.data, bn.weight.data,
-                bn.bias.data, bn.running_mean, bn.running_var]
-
-    def weights(self):
-        """(W, b) of the folded convolution, refolded when any source array has changed."""
-        current = self._current()
-        if self.sources is None or not all(
-                (a is None and s is None) or (a is not None and s is not None and _same(a, s))
-                for a, s in zip(current, self.sources)):
-            self.W, self.b = fold_conv_bn(*current, self.bn.eps)
-            self.sources = [None if a is None else a.copy() for a in current]
-        return self.W, self.b
-
-
 def conv_bn_pairs(model):
-    """(conv, bn) for every pair declared by ``model`` or its descendants, in module order."""
-    from .layers import BatchNorm2d, Conv2d, Sequential
-
+    """(parent, conv name, batch-norm name) for every pair declared by ``model`` or its
+    descendants, in module order."""
     for m in model.modules():
         if isinstance(m, Sequential):
-            layers = list(m)
-            names = [(a, b) for a, b in zip(layers, layers[1:])]
+            names = list(m._modules)
+            declared = zip(names, names[1:])
         else:
-            names = [(getattr(m, c), getattr(m, b)) for c, b in m.conv_bn_pairs]
-        for conv, bn in names:
-            if (isinstance(conv, Conv2d) and isinstance(bn, BatchNorm2d)
+            declared = getattr(m, "conv_bn_pairs", ())
+        for c, b in declared:
+            conv, bn = getattr(m, c), getattr(m, b)
+            if (isinstance(conv, Conv2d) and isinstance(bn, (BatchNorm2d, SyncBatchNorm))
                     and conv.out_channels == bn.num_features):
-                yield conv, bn
+                yield m, c, b
 
 
-def fuse(model, enabled=True):
-    """Fold each declared conv + batch-norm pair of ``model`` for inference (or undo it); returns model."""
-    for conv, bn in conv_bn_pairs(model):
-        fold = ConvBNFold(conv, bn) if enabled else None
-        conv.fold = bn.fold = fold
-    return model
+def fuse_conv_bn(model):
+    """A new model: a deep copy of the eval-mode ``model`` with each declared conv + batch-norm
+    pair folded into the conv and the batch norm replaced by ``Identity`` (see the module's
+    docstring). Same outputs in fewer passes; ``model`` is left as it was. The copy has no
+    gradients and is in eval mode. Raises ValueError for a model (or part) in training mode,
+    whose batch norms use batch statistics that no fixed weights can hold."""
+    training = [name or type(model).__name__ for name, m in model.named_modules() if m.training]
+    if training:
+        raise ValueError(f"fuse_conv_bn needs a model in eval mode (folding uses the running statistics), "
+                         f"but {training[0]} is in training mode: call model.eval() first")
+    # A communicator is a handle on the other processes, not data: the copy shares it (in eval
+    # mode SyncBatchNorm does not use it), and some (MPI, NCCL, a watchdog thread) cannot be copied.
+    shared = {id(m.comm): m.comm for m in model.modules() if isinstance(m, SyncBatchNorm)}
+    fused = copy.deepcopy(model, shared)
+    for p in fused.parameters():
+        p.grad = None
+    for parent, c, b in list(conv_bn_pairs(fused)):
+        conv, bn = getattr(parent, c), getattr(parent, b)
+        W, bias = fold_conv_bn(conv.weight.data, None if conv.bias is None else conv.bias.data, bn.weight.data,
+                               bn.bias.data, bn.running_mean, bn.running_var, bn.eps)
+        conv.weight.data = W
+        if conv.bias is None:
+            conv.bias = Parameter(bias)
+        else:
+            conv.bias.data = bias
+        # In the batch norm's place (setattr would move a replaced child to the end of the order).
+        parent._modules[b] = Identity().eval()
+    return fused

@@ -14,11 +14,8 @@ def _empty(shape, dtype="float32"):
 class Conv2d(Module):
     """2-D convolution, weight (out, in / groups, kh, kw) with He-normal init; bias (out,) if ``bias``.
 
-    ``dilation`` and ``groups`` as in PyTorch (``F.conv2d``). ``fold`` is set by ``Module.fuse()``
-    when a batch norm follows (see ``nn.fusion``).
+    ``dilation`` and ``groups`` as in PyTorch (``F.conv2d``).
     """
-
-    fold = None
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1, bias=True):
         super().__init__()
@@ -41,9 +38,6 @@ class Conv2d(Module):
             self.bias = None
 
     def forward(self, x):
-        if self.fold is not None and self.fold.active():
-            W, b = self.fold.weights()  # this conv with the batch norm after it folded in
-            return F.conv2d(x, W, b, self.stride, self.padding, self.dilation, self.groups)
         return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
     def extra_repr(self):
@@ -78,7 +72,6 @@ class _BatchNorm(Module):
     """Batch normalisation with learned gamma (``weight``) and beta (``bias``) and running statistics."""
 
     expected_ndim = None
-    fold = None  # set by Module.fuse() when this batch norm is folded into the conv before it
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1):
         super().__init__()
@@ -92,8 +85,6 @@ class _BatchNorm(Module):
     def forward(self, x):
         if x.ndim != self.expected_ndim:
             raise ValueError(f"{type(self).__name__} expects a {self.expected_ndim}-D input, got shape {tuple(x.shape)}")
-        if self.fold is not None and self.fold.active():
-            return x  # the conv before applied this batch norm through its folded weights
         if self.training:
             self.num_batches_tracked += 1
         return F.batch_norm(x, self.weight, self.bias, self.running_mean, self.running_var,

@@ -29,7 +29,6 @@ class Module:
     """
 
     training = True
-    conv_bn_pairs = ()  # (conv name, batch-norm name) pairs where the BN directly follows the conv
 
     def __init__(self):
         object.__setattr__(self, "_parameters", OrderedDict())
@@ -173,14 +172,6 @@ class Module:
     def eval(self):
         """Evaluation mode (running statistics in BatchNorm); returns self."""
         return self.train(False)
-
-    def fuse(self, enabled=True):
-        """Fold each batch norm into the convolution before it for inference, or undo it
-        (``fuse(False)``); returns self. Pairs are those declared in ``conv_bn_pairs`` and adjacent
-        ones in a ``Sequential``; the folded path runs only in eval mode under ``no_grad()``, and
-        the folded weights follow any change of the weights (see ``nn.fusion``)."""
-        from .fusion import fuse
-        return fuse(self, enabled)
 
     def zero_grad(self):
         for p in self.parameters():
