@@ -11,7 +11,7 @@ the median step times is printed. During every step the CPU time of all other pr
 from /proc/stat; steps during which they used ``--max-other-load`` cores or more are left out
 of the medians, and the load seen is reported (``--threads`` gives both frameworks the same
 thread count; by default each uses its own default, all cores). minires infers with batch norm
-folded into the convolutions (``model.fuse()``; ``--no-fuse`` to time the unfolded layers);
+folded into the convolutions (``nn.fuse_conv_bn(model)``; ``--no-fuse`` to time the unfolded layers);
 PyTorch infers unfolded, as it does by default (``--torch-fuse`` folds it with torch.fx). Peak memory of a training
 step is measured in a fresh subprocess per framework: the peak resident set size over three
 steps minus the size after building the model and the batch (the kernel's peak counter is reset
@@ -68,14 +68,17 @@ def _minires_fns(model, x, y, opt, backend_name, fuse=True):
         opt.step()
         sync()
 
+    folded = []  # with fuse: the model with batch norm folded (nn/fusion.py), made at the first
+    # inference (the train phase is over by then, so the weights no longer change)
+
     def infer():
         model.eval()
+        if fuse and not folded:
+            folded.append(minires.nn.fuse_conv_bn(model))
         with minires.no_grad():
-            model(minires.Tensor(x))
+            (folded[0] if folded else model)(minires.Tensor(x))
         sync()
 
-    if fuse:
-        model.fuse()  # batch norm folded into the convolutions for inference (nn/fusion.py)
     return train, infer
 
 
