@@ -157,8 +157,9 @@ def build_parser(exit_on_error=True):
                    help="array backend (default: $MINIRES_BACKEND or numpy)")
     r.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="floating-point type")
     r.add_argument("--seed", type=int, default=0, help="seed for weights, shuffling and augmentation")
-    r.add_argument("--out", default=None, help="output folder (default: runs/<model>); one that holds another "
-                                               "run is refused, unless --resume continues that run")
+    r.add_argument("--out", default=None,
+                   help="output folder (default: runs/<model>, or runs/<model>-<recipe> for a --recipe other than "
+                        "paper); one that holds another run is refused, unless --resume continues that run")
     r.add_argument("--resume", help="checkpoint to continue from (an OUT/last.npz, or the OUT folder)")
     r.add_argument("--eval-only", action="store_true",
                    help="evaluate the --resume checkpoint (or --pretrained weights) on the test set: accuracy per "
@@ -482,7 +483,9 @@ def run(args, checkpoint=None, comm=None):
     # (what an interrupted run prints) is all it takes to continue in the same folder.
     out = args.out
     if out is None:
-        out = (os.path.dirname(path) or ".") if checkpoint is not None else os.path.join("runs", name)
+        # A recipe other than the paper's gets a folder of its own, so both can be run one after the other.
+        folder_name = name if args.recipe == "paper" else f"{name}-{args.recipe}"
+        out = (os.path.dirname(path) or ".") if checkpoint is not None else os.path.join("runs", folder_name)
     state.config = dict(vars(args), out=out, model_name=name, parameters=int(n_params),
                         backend_used=backend.get_backend(), processes=1 if comm is None else comm.size)
     # One run per folder: held until the run ends, and never written over by a run that does not

@@ -117,3 +117,13 @@ def test_recipes_are_sgds_and_leave_adams_weight_decay_alone():
     assert (fast_adamw.weight_decay, fast_adamw.lr, fast_adamw.epochs) == (0.01, 1e-3, 50)
     assert parse("--recipe", "fast", "--optimizer", "adamw", "--weight-decay", "0.05").weight_decay == 0.05
     assert parse("--recipe", "fast").weight_decay == 5e-4
+
+
+def test_a_recipe_other_than_the_papers_gets_its_own_default_folder(tiny_cifar10_dir, tmp_path, _restore_globals):
+    """The quick start's paper run (runs/resnet8) and a fast run started after it do not collide."""
+    tiny = ["--depth", 8, "--limit-train", 64, "--limit-test", 32, "--batch-size", 32, "--no-progress",
+            "--data-dir", tiny_cifar10_dir, "--epochs", 1]
+    assert train.main([str(a) for a in tiny]) == 0
+    assert train.main([str(a) for a in tiny + ["--recipe", "fast"]]) == 0
+    assert json.loads((tmp_path / "runs" / "resnet8" / "config.json").read_text())["recipe"] == "paper"
+    assert json.loads((tmp_path / "runs" / "resnet8-fast" / "config.json").read_text())["recipe"] == "fast"
