@@ -76,9 +76,10 @@ def bounds(sizes):
 class ShardedBatchNorm(Function):
     """Training batch norm of x by len(sizes) ranks, rank r holding sizes[r] images, as data
     parallel training computes it: each rank calls F.batch_norm(reduce=its allreduce) on its
-    shard with its own running statistics ``running[r]`` = (mean, var), changed in place; backward hands rank r the gradient of its own mean loss, gy_r / w_r with
-    w_r = n_r / n, and takes back w_r gx_r, and the weighted sums of the ranks' gamma and beta
-    gradients (``distributed.GradientAllreducer``). The whole-batch result, if the hook is right."""
+    shard with its own running statistics ``running[r]`` = (mean, var), changed in place;
+    backward hands rank r the gradient of its own mean loss, gy_r / w_r with w_r = n_r / n,
+    and takes back w_r gx_r and the w_r-weighted sums of the ranks' gamma and beta gradients
+    (``distributed.GradientAllreducer``). The whole batch's batch norm, if the hook is right."""
 
     def __init__(self, sizes, running, momentum=0.1, eps=1e-5):
         self.sizes, self.running, self.momentum, self.eps = sizes, running, momentum, eps
@@ -130,8 +131,8 @@ def test_gradcheck_of_batch_norm_sharded_over_simulated_ranks(shape, sizes):
     x, gamma, beta, _ = inputs(shape, seed=1)
     c = shape[1]
     tensors = [Tensor(a, requires_grad=True) for a in (x, gamma, beta)]
-    assert gradcheck(lambda x, g, b: ShardedBatchNorm(sizes, [(np.zeros(c), np.ones(c))] * len(sizes))(x, g, b), tensors,
-                     atol=1e-6, rtol=1e-5)
+    running = [(np.zeros(c), np.ones(c)) for _ in sizes]
+    assert gradcheck(lambda x, g, b: ShardedBatchNorm(sizes, running)(x, g, b), tensors, atol=1e-6, rtol=1e-5)
 
 
 @pytest.mark.parametrize("sizes", [(4, 4), (5, 3), (6, 1, 1), (7, 1, 0)])
