@@ -19,7 +19,7 @@ from .hooks import DataParallelHooks
 
 __all__ = ["Communicator", "MPICommunicator", "NCCLCommunicator", "GradientAllreducer", "broadcast_state",
            "broadcast_buffers", "DataParallelHooks",
-           "RanksDisagree", "check_agreement", "digest", "init", "get_world"]
+           "RanksDisagree", "check_agreement", "digest", "init"]
 
 _world = None
 
@@ -29,16 +29,12 @@ def init(backend="numpy", timeout=None):
 
     ``backend``: "numpy" (MPI on host arrays) or "cupy" (NCCL on GPU arrays, one GPU per
     rank). ``timeout``: seconds one collective may wait before the job is ended (None: wait
-    as long as it takes). Later calls return the same communicator; ``get_world`` too.
+    as long as it takes). Later calls return the same communicator. Pass it on explicitly
+    (``nn.SyncBatchNorm(..., comm=)``, ``DataParallelHooks(model, comm)``): nothing looks it up.
     """
     global _world
     if _world is None:
         if backend not in ("numpy", "cupy"):
             raise ValueError(f"unknown backend {backend!r} for distributed training; use 'numpy' or 'cupy'")
         _world = NCCLCommunicator(timeout=timeout) if backend == "cupy" else MPICommunicator(timeout=timeout)
-    return _world
-
-
-def get_world():
-    """The communicator made by ``init``, or None before it."""
     return _world

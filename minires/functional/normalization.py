@@ -35,6 +35,13 @@ def update_running_stats(running_mean, running_var, mean, var, m, momentum):
     running_var += (momentum * m / max(m - 1, 1)) * var.astype(running_var.dtype)
 
 
+def _sum_over_batch(fn, x, shape):
+    """The sum of fn(rows) over cache-sized slices of x's batch on every core
+    (``threads.over_batch``); zeros of ``shape`` for an empty batch (a process without images)."""
+    s = threads.over_batch(fn, x)
+    return backend.get_array_module(x).zeros(shape, x.dtype) if s is None else s
+
+
 class BatchNormTrainFunction(Function):
     """Training mode: normalise with the batch's own statistics.
 
@@ -46,29 +53,62 @@ class BatchNormTrainFunction(Function):
     The running statistics are updated in place (momentum m): running = (1 - m) running + m batch,
     with the unbiased variance var * M / (M - 1) for running_var.
 
+    ``reduce``: the hook of synchronised batch norm (``nn.SyncBatchNorm``), for a batch split over
+    processes. Each per-channel sum above (and M) is this process's, summed over the processes by
+    ``reduce(buf)``, which returns the float64 1-D array ``buf`` summed over them (a communicator's
+    ``allreduce``); None: this process holds the whole batch. Backward: with M_r of the M values
+    here, this process's gy is the gradient of its own mean loss, and the batch's loss is
+    sum_r w_r loss_r with w_r = M_r / M (the weights of ``distributed.GradientAllreducer``), so
+    w_r sum(gy_r) and w_r sum(gy_r * xhat_r) are reduced to the batch's gbeta and ggamma, and gx
+    is returned in this process's units (divided by w_r):
+      gx_r = gamma / sqrt(var + eps) / M_r * (M_r * gy_r - gbeta - xhat_r * ggamma),
+    the formula above when w_r = 1. gamma's and beta's gradients stay this process's own sums (the
+    gradient all-reduce weighs and adds them as every parameter's). A process with M_r = 0 (a last
+    batch smaller than the processes) joins every exchange with zeros; if M = 0, the statistics
+    are 0 and the running ones stay.
+
     Written for few passes over memory: the centred xc = x - mean is kept (xhat = xc * inv_std
-    is never stored), the variance is one dot product, and y = xc * (gamma * inv_std) + beta.
-    Each pass runs over cache-sized batch slices on every core (``utils.threads.over_batch``),
-    the per-channel sums of the slices added up.
+    is never stored), the variance is one dot product (of the centred values, not
+    E[x^2] - mean^2, which loses float32's digits to cancellation), and y = xc * (gamma *
+    inv_std) + beta. Each pass runs over cache-sized batch slices on every core
+    (``utils.threads.over_batch``), the per-channel sums of the slices added up.
     """
 
-    def __init__(self, running_mean=None, running_var=None, momentum=0.1, eps=1e-5):
+    def __init__(self, running_mean=None, running_var=None, momentum=0.1, eps=1e-5, reduce=None):
         self.running_mean, self.running_var = running_mean, running_var
-        self.momentum, self.eps = momentum, eps
+        self.momentum, self.eps, self.reduce = momentum, eps, reduce
+
+    def _reduce(self, sums, count=0):
+        """(sums, count) of the whole batch from this process's per-channel sums (K, C) and count:
+        the same without ``reduce``; else summed by it in one float64 message of K*C + 1 numbers,
+        whatever x's dtype (sums over many processes keep their digits)."""
+        if self.reduce is None:
+            return sums, count
+        xp = backend.get_array_module(sums)
+        buf = xp.empty(sums.size + 1, xp.float64)
+        buf[:-1] = sums.reshape(-1)  # (K, C) -> (K*C,)
+        buf[-1] = count
+        buf = self.reduce(buf)
+        return buf[:-1].reshape(sums.shape).astype(sums.dtype), buf[-1]  # (K*C,) -> (K, C)
 
     def forward(self, x, gamma, beta):
         xp = backend.get_array_module(x)
-        m = x.size // x.shape[1]
+        c = x.shape[1]
+        m_local = x.size // c
+        sum_x = _sum_over_batch(lambda r: channel_sum(x[r]), x, c)
+        (sum_x,), m = self._reduce(sum_x[None], m_local)  # (C,) -> (1, C)
+        m = int(m)
         # 1/M as a Python float: NumPy 1.x promotes float32 / int above 65535 to float64
-        inv_m = 1.0 / m
-        mean = threads.over_batch(lambda r: channel_sum(x[r]), x) * inv_m
+        inv_m = 1.0 / max(m, 1)
+        mean = sum_x * inv_m
         xc = xp.empty_like(x)
 
         def center(r):
             xp.subtract(x[r], per_channel(mean, x), out=xc[r])
             return channel_dot(xc[r], xc[r])  # while xc[r] is in cache
 
-        var = threads.over_batch(center, x) * inv_m
+        (sq,), _ = self._reduce(_sum_over_batch(center, x, c)[None])  # (C,) -> (1, C)
+        var = sq * inv_m
         inv_std = 1.0 / xp.sqrt(var + self.eps)
         scale, shift = per_channel(gamma * inv_std, x), per_channel(beta, x)
         y = xp.empty_like(x)
@@ -78,28 +118,32 @@ class BatchNormTrainFunction(Function):
             y[r] += shift
 
         threads.over_batch(affine, x)
-        if self.running_mean is not None:
+        if self.running_mean is not None and m:
             update_running_stats(self.running_mean, self.running_var, mean, var, m, self.momentum)
         self.running_mean = self.running_var = None
         if any(self.needs_input_grad):
-            self.xc, self.inv_std, self.gamma = xc, inv_std, gamma
+            self.xc, self.inv_std, self.gamma, self.m = xc, inv_std, gamma, m
         return y
 
     def backward(self, gy):
         xp = backend.get_array_module(gy)
         xc, inv_std, gamma = self.xc, self.inv_std, self.gamma
-        inv_m = 1.0 / (gy.size // gy.shape[1])  # a float, as in forward
+        m_local = gy.size // gy.shape[1]
         # (2, C): sum(gy) and sum(gy * xc) per channel, in one pass over gy
-        sums = threads.over_batch(lambda r: xp.stack([channel_sum(gy[r]), channel_dot(gy[r], xc[r])]), gy)
-        gbeta, ggamma = sums[0], sums[1] * inv_std
+        sums = _sum_over_batch(lambda r: xp.stack([channel_sum(gy[r]), channel_dot(gy[r], xc[r])]), gy,
+                               (2, gy.shape[1]))
+        gbeta, ggamma = sums[0], sums[1] * inv_std  # this process's: gamma's and beta's gradients
         gx = None
         if self.needs_input_grad[0]:
+            # the batch's sum(gy) and sum(gy * xc): each process's weighted by its share M_r / M
+            (sum_gy, sum_gy_xc), _ = self._reduce(sums * (m_local / max(self.m, 1)))
+            inv_m = 1.0 / max(m_local, 1)  # a float, as in forward
             # gx = a * gy + c * xc + b, per channel, with a = gamma * inv_std,
-            # c = -a * inv_std * ggamma / M, b = -a * gbeta / M
+            # c = -a * inv_std * ggamma / M_r, b = -a * gbeta / M_r (the batch's gbeta, ggamma)
             a = gamma * inv_std
             ca = per_channel(a, gy)
-            cc = per_channel(-a * inv_std * ggamma * inv_m, gy)
-            cb = per_channel(-a * gbeta * inv_m, gy)
+            cc = per_channel(-a * inv_std * (sum_gy_xc * inv_std) * inv_m, gy)
+            cb = per_channel(-a * sum_gy * inv_m, gy)
             gx = xp.empty_like(gy)
 
             def combine(r):
@@ -144,11 +188,15 @@ class BatchNormEvalFunction(Function):
         return gx, ggamma, gbeta
 
 
-def batch_norm(x, gamma, beta, running_mean=None, running_var=None, training=True, momentum=0.1, eps=1e-5):
+def batch_norm(x, gamma, beta, running_mean=None, running_var=None, training=True, momentum=0.1, eps=1e-5,
+               reduce=None):
     """Batch normalisation of x (N, C) or (N, C, H, W) with per-channel gamma, beta (C,).
 
     ``training``: normalise with batch statistics and update ``running_mean``/``running_var``
     (raw arrays, changed in place) if given; otherwise normalise with the running statistics.
+    ``reduce``: in training, for x that is this process's part of a batch split over processes,
+    a function that sums a float64 1-D array over them (a communicator's ``allreduce``), so that
+    the statistics are the whole batch's (see ``BatchNormTrainFunction``); x may then be empty.
     """
     check_floating("batch_norm", x, gamma, beta, running_mean, running_var)
     if x.ndim not in (2, 4):
@@ -163,9 +211,9 @@ def batch_norm(x, gamma, beta, running_mean=None, running_var=None, training=Tru
         gamma = xp.ones(c, x.dtype) if gamma is None else gamma
         beta = xp.zeros(c, x.dtype) if beta is None else beta
     if training:
-        if x.size // c < 2:
+        if reduce is None and x.size // c < 2:
             raise ValueError(f"batch_norm in training needs more than one value per channel, got x of shape {tuple(x.shape)}")
-        return BatchNormTrainFunction(running_mean, running_var, momentum, eps)(x, gamma, beta)
+        return BatchNormTrainFunction(running_mean, running_var, momentum, eps, reduce)(x, gamma, beta)
     if running_mean is None or running_var is None:
         raise ValueError("batch_norm in evaluation mode needs running_mean and running_var")
     return BatchNormEvalFunction(running_mean, running_var, eps)(x, gamma, beta)
