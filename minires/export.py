@@ -41,10 +41,6 @@ def build_parser():
     return p
 
 
-IMAGENET_FAMILY = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
-                   "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2")
-
-
 def _read_config(config, path):
     """The run config's model, depth and shortcut, each checked (ValueError naming the entry)."""
     if not isinstance(config, dict):
@@ -60,7 +56,8 @@ def _read_config(config, path):
         depth = int(depth)
     if depth is not None and config.get("model") is None:
         try:  # a typo such as 600000002 would otherwise take minutes to build, then fail
-            check_size(argparse.Namespace(model=None, depth=depth, dtype="float32"))
+            check_size(argparse.Namespace(model=None, pretrained=None, depth=depth,
+                                          shortcut=config.get("shortcut") or "A", dtype="float32"))
         except ValueError as e:
             raise ValueError(f"{path}: its config has depth {depth}: {e}") from None
     return config.get("model"), depth, config.get("shortcut")
@@ -95,16 +92,17 @@ def model_from_checkpoint(checkpoint, name=None, shortcut=None, path="the checkp
     if name is None:
         raise ValueError("the checkpoint does not name its model (a bare state dict?): pass --model, "
                          f"one of {', '.join(models.names())}")
+    info = models.info(name)  # the registry's facts: what the model takes, which stems
     if shortcut is not None:
-        if name in IMAGENET_FAMILY or name.endswith("v2") or name == "preact_resnet":
+        if "shortcut" not in info.kwargs:
             raise ValueError(f"--shortcut applies to the CIFAR ResNets v1 (resnet20 ... resnet1202), not {name}")
         kwargs["shortcut"] = shortcut
     fc = _array_entry(state, "fc.weight", 2, "(classes, features)", path)
     if fc is not None:
         kwargs["num_classes"] = int(fc.shape[0])
     conv1 = _array_entry(state, "conv1.weight", 4, "(out, in, kh, kw)", path)
-    if name in IMAGENET_FAMILY and conv1 is not None:
-        kwargs["stem"] = "imagenet" if conv1.shape[-1] == 7 else "cifar"
+    if "stem" in info.kwargs and conv1 is not None and info.stem_of(conv1.shape[-1]) is not None:
+        kwargs["stem"] = info.stem_of(conv1.shape[-1])
     model = models.create(name, **kwargs)
     return model, state
 
