@@ -254,6 +254,8 @@ def check_size(args):
         return  # shipped weights were trained, so they fit
     name, kwargs = model_spec(args)
     parameters = models.info(name).num_params(**kwargs)  # also refuses an unknown name or a wrong depth
+    if parameters is None:
+        return  # a model registered without a count
     need = 4 * parameters * numpy.dtype(args.dtype).itemsize
     have = physical_memory()
     if have is not None and need > have:

@@ -11,7 +11,7 @@ Names are listed in the order they were registered (the import order there: CIFA
 ImageNet family, WRN).
 
 A family registered with ``depths="6n+2"`` (``cifar_resnet``) is built with ``depth=``, and with
-``pattern=`` also by parametric names: ``resnet8``, ``resnet14``, ... (v1, 6n+2), ``resnet83v2``
+``template="resnet{depth}"`` also by parametric names: ``resnet8``, ``resnet14``, ... (v1, 6n+2), ``resnet83v2``
 (9n+2), ``wrn22_4`` (6n+4, width 4). A registered fixed name wins over a pattern: ``resnet50``
 is torchvision's bottleneck ResNet-50 (the v1 CIFAR ResNet of depth 50 is
 ``create("cifar_resnet", depth=50)``).
@@ -77,9 +77,10 @@ class ModelInfo:
                              f"{', '.join(self.kwargs) or 'none'}")
 
     def num_params(self, **kwargs):
-        """The parameters of ``create(name, **kwargs)``, counted without building it."""
+        """The parameters of ``create(name, **kwargs)``, counted without building it (None for a
+        model registered without ``params``)."""
         self.check_kwargs(kwargs)
-        return self.params(**kwargs)
+        return None if self.params is None else self.params(**kwargs)
 
 
 _MODELS = {}    # name -> (function building that model, its ModelInfo)
@@ -95,7 +96,8 @@ def register_model(name, depths=None, family=None, depth=None, stems=("cifar",),
     ``depths``: for a family of any depth, such as ``cifar_resnet``, a description of the valid
     depths ("6n+2"); it is then built with ``create(name, depth=...)`` and not listed by
     ``names()``. ``template``: the family's parametric names, such as "resnet{depth}" or
-    "wrn{depth}_{k}", whose fields (integers) are keyword arguments of the family's function. A name may be registered once.
+    "wrn{depth}_{k}", whose fields (integers) are keyword arguments of the family's function.
+    A name may be registered once.
     """
     if not isinstance(name, str) or not name or name != name.lower():
         raise ValueError(f"register_model: the name must be a non-empty lower-case string, got {name!r}")
