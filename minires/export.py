@@ -30,7 +30,8 @@ def build_parser():
     p.add_argument("output", help="the .onnx file to write")
     p.add_argument("--pretrained", metavar="NAME", help="instead of a checkpoint: the weights that ship with "
                                                         "minires for NAME (e.g. resnet20)")
-    p.add_argument("--model", help="model name (minires.models.names()); default: the checkpoint's run config")
+    p.add_argument("--model", help="model name (minires.models.names(), or a parametric one such as "
+                                   "resnet8); default: the checkpoint's run config")
     p.add_argument("--shortcut", choices=("A", "B"), help="CIFAR v1 shortcut, with --model "
                                                           "(default: the checkpoint's, else A)")
     p.add_argument("--input-shape", type=int, nargs=3, default=(3, 32, 32), metavar=("C", "H", "W"),

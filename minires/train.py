@@ -113,8 +113,8 @@ def build_parser(exit_on_error=True):
                    help="a set of the options below; options written on the command line win. "
                         + "; ".join(f"{name}: {describe_recipe(name)}" for name in RECIPES))
     m = p.add_argument_group("model")
-    m.add_argument("--model", help="any name from minires.models.names() (e.g. resnet56, resnet110v2, resnet18); "
-                                   "overrides --depth")
+    m.add_argument("--model", help="any name from minires.models.names() (e.g. resnet56, resnet110v2, resnet18) "
+                                   "or a parametric one (resnet8, resnet11v2, wrn16_4); overrides --depth")
     m.add_argument("--depth", type=int, default=20, help="depth of a CIFAR ResNet v1 (6n+2: 20, 32, 44, 56, 110, ...)")
     m.add_argument("--shortcut", choices=("A", "B"), default="A",
                    help="CIFAR v1 shortcut: A = zero-padding identity (the paper), B = 1x1 conv projection")

@@ -251,3 +251,12 @@ def test_a_bad_config_entry_is_one_line_naming_the_checkpoint(tmp_path, entry, v
     with pytest.raises(CheckpointError) as e:
         train.config_defaults(train.build_parser(), {entry: value}, tmp_path / "last.npz")
     assert str(e.value) == f"checkpoint {tmp_path / 'last.npz'}: {message}"
+
+
+def test_packaging_names_the_v1_network_a_depth_run_trained():
+    from minires.weights.package import model_spec
+    assert model_spec({"depth": 8, "shortcut": "B"}) == ("resnet8", {"shortcut": "B"})
+    # resnet50 is torchvision's network: a --depth 50 run trained the v1 family's
+    name, kwargs = model_spec({"depth": 50})
+    assert (name, kwargs) == ("cifar_resnet", {"depth": 50, "shortcut": "A"})
+    assert isinstance(models.create(name, **kwargs), models.CifarResNet)
