@@ -97,8 +97,10 @@ def preact_resnet_params(depth, num_classes=10):
     n = check_depth(depth, 9, "preact_resnet")
     total = conv_params(3, 16, 3, bias=True) + 2 * 16 + 2 * 256 + 256 * num_classes + num_classes  # stem, bn_final, fc
     for in_channels, width, out_channels in ((16, 16, 64), (64, 64, 128), (128, 128, 256)):
-        inner = 2 * width + conv_params(width, width, 3, bias=True) + 2 * width + conv_params(width, out_channels, 1, bias=True)
-        first = conv_params(in_channels, width, 1, bias=True) + inner + conv_params(in_channels, out_channels, 1, bias=True)
+        # bn2, conv2, bn3, conv3: the same in every unit of the stage
+        inner = 4 * width + conv_params(width, width, 3, bias=True) + conv_params(width, out_channels, 1, bias=True)
+        first = (conv_params(in_channels, width, 1, bias=True) + inner
+                 + conv_params(in_channels, out_channels, 1, bias=True))  # conv1, ..., the projection
         if in_channels != 16:  # the first unit of stage 1 has no bn1
             first += 2 * in_channels
         total += first + (n - 1) * (2 * out_channels + conv_params(out_channels, width, 1, bias=True) + inner)
