@@ -30,7 +30,8 @@ def build_parser():
     p.add_argument("output", help="the .onnx file to write")
     p.add_argument("--pretrained", metavar="NAME", help="instead of a checkpoint: the weights that ship with "
                                                         "minires for NAME (e.g. resnet20)")
-    p.add_argument("--model", help="model name (minires.models.names()); default: the checkpoint's run config")
+    p.add_argument("--model", help="model name (minires.models.names(), or a parametric one such as "
+                                   "resnet8); default: the checkpoint's run config")
     p.add_argument("--shortcut", choices=("A", "B"), help="CIFAR v1 shortcut, with --model "
                                                           "(default: the checkpoint's, else A)")
     p.add_argument("--input-shape", type=int, nargs=3, default=(3, 32, 32), metavar=("C", "H", "W"),
@@ -39,10 +40,6 @@ def build_parser():
     p.add_argument("--with-preprocessing", action="store_true",
                    help="normalise inside the graph as the checkpoint's run did: the input is then RGB in [0, 1]")
     return p
-
-
-IMAGENET_FAMILY = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
-                   "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2")
 
 
 def _read_config(config, path):
@@ -60,7 +57,8 @@ def _read_config(config, path):
         depth = int(depth)
     if depth is not None and config.get("model") is None:
         try:  # a typo such as 600000002 would otherwise take minutes to build, then fail
-            check_size(argparse.Namespace(model=None, depth=depth, dtype="float32"))
+            check_size(argparse.Namespace(model=None, pretrained=None, depth=depth,
+                                          shortcut=config.get("shortcut") or "A", dtype="float32"))
         except ValueError as e:
             raise ValueError(f"{path}: its config has depth {depth}: {e}") from None
     return config.get("model"), depth, config.get("shortcut")
@@ -95,16 +93,17 @@ def model_from_checkpoint(checkpoint, name=None, shortcut=None, path="the checkp
     if name is None:
         raise ValueError("the checkpoint does not name its model (a bare state dict?): pass --model, "
                          f"one of {', '.join(models.names())}")
+    info = models.info(name)  # the registry's facts: what the model takes, which stems
     if shortcut is not None:
-        if name in IMAGENET_FAMILY or name.endswith("v2") or name == "preact_resnet":
+        if "shortcut" not in info.kwargs:
             raise ValueError(f"--shortcut applies to the CIFAR ResNets v1 (resnet20 ... resnet1202), not {name}")
         kwargs["shortcut"] = shortcut
     fc = _array_entry(state, "fc.weight", 2, "(classes, features)", path)
     if fc is not None:
         kwargs["num_classes"] = int(fc.shape[0])
     conv1 = _array_entry(state, "conv1.weight", 4, "(out, in, kh, kw)", path)
-    if name in IMAGENET_FAMILY and conv1 is not None:
-        kwargs["stem"] = "imagenet" if conv1.shape[-1] == 7 else "cifar"
+    if "stem" in info.kwargs and conv1 is not None and info.stem_of(conv1.shape[-1]) is not None:
+        kwargs["stem"] = info.stem_of(conv1.shape[-1])
     model = models.create(name, **kwargs)
     return model, state
 

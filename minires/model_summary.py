@@ -206,14 +206,16 @@ def main(argv=None):
                                 description="Print a model's layer table and optionally draw its graph.",
                                 formatter_class=HelpFormatter)
     p.add_argument("--model", default="resnet20", help="a name from minires.models.names()")
-    p.add_argument("--input-shape", type=int, nargs=3, default=(3, 32, 32), metavar=("C", "H", "W"),
-                   help="the shape of one input image")
+    p.add_argument("--input-shape", type=int, nargs=3, metavar=("C", "H", "W"),
+                   help="the shape of one input image (default: the model's, 3 32 32 for the CIFAR stem)")
     p.add_argument("--max-depth", type=int, help="print rows nested at most this deep (default: all)")
     p.add_argument("--graph", metavar="FILE", help="draw the eval-mode graph to FILE: .svg, .png or .pdf "
                                                    "(needs Graphviz), or .dot (DOT text)")
     p.add_argument("--no-collapse", action="store_true", help="draw every block, not each run of identical ones once")
     args = p.parse_args(argv)
     try:
+        if args.input_shape is None:
+            args.input_shape = models.info(args.model).input_size()
         check_input_shape(args.input_shape)
         model = models.create(args.model)
         try:

@@ -32,7 +32,6 @@ import argparse
 import math
 import os
 import pickle
-import re
 import sys
 import traceback
 
@@ -114,8 +113,8 @@ def build_parser(exit_on_error=True):
                    help="a set of the options below; options written on the command line win. "
                         + "; ".join(f"{name}: {describe_recipe(name)}" for name in RECIPES))
     m = p.add_argument_group("model")
-    m.add_argument("--model", help="any name from minires.models.names() (e.g. resnet56, resnet110v2, resnet18); "
-                                   "overrides --depth")
+    m.add_argument("--model", help="any name from minires.models.names() (e.g. resnet56, resnet110v2, resnet18) "
+                                   "or a parametric one (resnet8, resnet11v2, wrn16_4); overrides --depth")
     m.add_argument("--depth", type=int, default=20, help="depth of a CIFAR ResNet v1 (6n+2: 20, 32, 44, 56, 110, ...)")
     m.add_argument("--shortcut", choices=("A", "B"), default="A",
                    help="CIFAR v1 shortcut: A = zero-padding identity (the paper), B = 1x1 conv projection")
@@ -179,14 +178,17 @@ def build_parser(exit_on_error=True):
     return p
 
 
-def parse_args(parser, argv):
+def parse_args(parser, argv, inherited=None):
     """Parse ``argv`` with ``parser`` (``build_parser()``): every option it does not write takes
-    its --recipe's value, then the parser's default."""
+    its value from ``inherited`` (a resumed run's options, ``config_defaults``), then from its
+    --recipe, then the parser's default."""
+    inherited = inherited or {}
+    parser.set_defaults(**inherited)  # the run's --recipe and --optimizer, unless written
     first = parser.parse_known_args(argv)[0]
     defaults = dict(RECIPES[first.recipe])
     if first.optimizer != "sgd":  # the recipes are SGD's: Adam and AdamW keep their own weight decay
         defaults["weight_decay"] = OPTIMIZER_DEFAULTS[first.optimizer]["weight_decay"]
-    parser.set_defaults(**defaults)
+    parser.set_defaults(**{**defaults, **inherited})
     return parser.parse_args(argv)
 
 
@@ -243,21 +245,23 @@ def physical_memory():
 
 
 def check_size(args):
-    """Refuse a --depth whose weights alone would not fit in this machine's memory (a typo such as
-    6000002 would otherwise spend hours building a model that cannot train), with the estimate.
-
-    A CIFAR ResNet v1 of depth 6n+2 has about 97,000 parameters per n (3 stages of 2 convs of
-    3x3, 16/32/64 channels: 9 * 2 * (16^2 + 32^2 + 64^2) = 97,344); training keeps the weights,
-    their gradients, the momentum and a temporary, 4 copies, before any activation.
+    """Refuse a model whose weights alone would not fit in this machine's memory (a typo such as
+    --depth 6000002 would otherwise spend hours building a model that cannot train), with the
+    estimate. The registry counts the parameters from the architecture, building nothing;
+    training keeps the weights, their gradients, the momentum and a temporary, 4 copies, before
+    any activation.
     """
-    if args.model is not None or args.depth < 2 or (args.depth - 2) % 6:
-        return  # the registry's models are of known size; a wrong depth fails in models
-    n = (args.depth - 2) // 6
-    parameters = 97_344 * n
+    if args.pretrained:
+        return  # shipped weights were trained, so they fit
+    name, kwargs = model_spec(args)
+    parameters = models.info(name).num_params(**kwargs)  # also refuses an unknown name or a wrong depth
+    if parameters is None:
+        return  # a model registered without a count
     need = 4 * parameters * numpy.dtype(args.dtype).itemsize
     have = physical_memory()
     if have is not None and need > have:
-        raise ValueError(f"--depth {args.depth} would build a ResNet of about {parameters:.3g} parameters, "
+        what = f"--depth {args.depth}" if args.model is None else f"--model {args.model}"
+        raise ValueError(f"{what} would build a ResNet of about {parameters:.3g} parameters, "
                          f"whose training needs at least {need / 2**30:,.0f} GiB before any activation; "
                          f"this machine has {have / 2**30:,.0f} GiB (the paper's deepest is 1202)")
 
@@ -289,20 +293,22 @@ def model_name(args):
     return args.pretrained or args.model or f"resnet{args.depth}"
 
 
-def model_depth(args):
-    """The depth of the model: --depth, or the number in the --model name (resnet110v2: 110)."""
-    if args.model is None:
-        return args.depth
-    number = re.search(r"\d+", args.model)
-    return int(number.group()) if number else None
+def model_spec(args):
+    """(registry name, keyword arguments) of the model ``args`` ask for: --pretrained NAME,
+    --model NAME, or for --depth N (and --shortcut) the CIFAR ResNet v1 family with depth N
+    (its parametric name "resnetN" is torchvision's network for N = 50 and 152)."""
+    if args.pretrained:
+        return args.pretrained, {}
+    if args.model is not None:
+        return args.model, {"num_classes": 10}
+    return "cifar_resnet", {"depth": args.depth, "shortcut": args.shortcut, "num_classes": 10}
 
 
 def build_model(args):
+    name, kwargs = model_spec(args)
     if args.pretrained:
-        return models.create(args.pretrained, pretrained=True)
-    if args.model is not None:
-        return models.create(args.model, num_classes=10)
-    return models.cifar_resnet(args.depth, shortcut=args.shortcut, num_classes=10)
+        return models.create(name, pretrained=True)
+    return models.create(name, **kwargs)
 
 
 def param_groups(model, weight_decay, no_bn_decay):
@@ -328,7 +334,8 @@ def build_schedule(args, optimizer, total_steps):
         # The paper finds lr 0.1 "slightly too large to start converging" for ResNet-110 and
         # warms it (and ResNet-1202) up at 0.01; --help promises this for every depth >= 110.
         # Adam's lr is below that warm-up lr already.
-        depth = model_depth(args)
+        name, kwargs = model_spec(args)
+        depth = kwargs.get("depth", models.info(name).depth)
         warmup = 400 if args.optimizer == "sgd" and depth is not None and depth >= 110 else 0
     common = dict(warmup_steps=warmup, warmup_lr=args.warmup_lr)
     if args.schedule == "multistep":
@@ -517,35 +524,33 @@ def run(args, checkpoint=None, comm=None):
 _NOT_INHERITED = {"resume", "eval_only", "out", "no_progress", "distributed", "dist_timeout"}
 
 
-def inherited_argv(args, config, path):
-    """The checkpoint run's options as command-line words, for every option this run may inherit,
-    so that ``--resume OUT/last.npz`` alone continues a run with its own flags. Each is parsed
-    on its own first: a value argparse would refuse is reported with the checkpoint named."""
-    words = []
-    quiet = build_parser(exit_on_error=False)
-    # A false --nesterov is written as --no-nesterov: the run's --recipe may turn it on.
-    negatable = {a.dest for a in quiet._actions if isinstance(a, argparse.BooleanOptionalAction)}
+def config_defaults(parser, config, path):
+    """The options a resumed run takes from its checkpoint's run ``config``: every entry that
+    names an option of ``parser`` (less _NOT_INHERITED, and None: not given), with the value
+    that option's flag would give, so that ``--resume OUT/last.npz`` alone continues a run with
+    its own options. A value the flag would refuse is reported with the checkpoint named."""
+    actions = {a.dest: a for a in parser._actions if a.option_strings and a.dest != "help"}
+    defaults = {}
     for key, value in config.items():
-        if key not in vars(args) or key in _NOT_INHERITED or value is None or (value is False and key not in negatable):
+        if key not in actions or key in _NOT_INHERITED or value is None:
             continue
-        flag = "--" + key.replace("_", "-")
+        action, flag = actions[key], "--" + key.replace("_", "-")
         if not isinstance(value, (bool, int, float, str)):
             raise CheckpointError(f"checkpoint {path}: config entry {key!r} must be a number, string or "
                                   f"true/false, found {type(value).__name__}")
-        if value is True:
-            option = [flag]
-        elif value is False:
-            option = ["--no-" + flag[2:]]
-        else:
-            option = [flag, str(value)]
+        switch = action.nargs == 0  # store_true and --flag/--no-flag take true/false, the others a value
         try:
-            _, left = quiet.parse_known_args(option)
-            if left:
-                raise argparse.ArgumentError(None, f"{flag} takes no value, found {left[0]!r}")
-        except argparse.ArgumentError as e:
-            raise CheckpointError(f"checkpoint {path}: config entry {key!r} is not a valid {flag}: {e}") from None
-        words += option
-    return words
+            if switch != isinstance(value, bool):
+                raise ValueError
+            if not switch:
+                value = action.type(str(value)) if action.type else str(value)
+                if action.choices is not None and value not in action.choices:
+                    raise ValueError
+        except (TypeError, ValueError):
+            raise CheckpointError(f"checkpoint {path}: config entry {key!r} is not a valid {flag}: "
+                                  f"{config[key]!r}") from None
+        defaults[key] = value
+    return defaults
 
 
 def read_checkpoint_once(path, training, comm):
@@ -607,9 +612,8 @@ def _main(parser, args, argv, comm):
         if args.resume:
             path = checkpoint_path(args.resume)
             checkpoint = read_checkpoint_once(path, not args.eval_only, comm)
-            # The checkpoint's options first, then this command line's, which win where both
-            # give one (argparse keeps the last value of an option).
-            args = parse_args(parser, inherited_argv(args, checkpoint.get("config") or {}, path) + argv)
+            # The checkpoint's options, where this command line does not write one.
+            args = parse_args(parser, argv, config_defaults(parser, checkpoint.get("config") or {}, path))
         run(args, checkpoint, comm)
     except Interrupted as e:
         if comm is not None and comm.rank != 0:

@@ -100,10 +100,10 @@ def test_the_recipe_is_saved_in_config_json_and_kept_by_resume(tiny_cifar10_dir,
 def test_resume_keeps_a_switch_that_was_turned_off_against_the_recipe(tmp_path):
     """--recipe fast --no-nesterov: resuming inherits --recipe fast, which must not turn it on again."""
     config = vars(parse("--recipe", "fast", "--no-nesterov"))
-    args = parse("--resume", str(tmp_path))
-    words = train.inherited_argv(args, config, tmp_path)
-    assert "--no-nesterov" in words
-    assert parse(*words, "--resume", str(tmp_path)).nesterov is False
+    parser = train.build_parser()
+    inherited = train.config_defaults(parser, config, tmp_path)
+    assert inherited["recipe"] == "fast" and inherited["nesterov"] is False
+    assert train.parse_args(parser, ["--resume", str(tmp_path)], inherited).nesterov is False
 
 
 def settings_of(config):

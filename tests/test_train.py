@@ -352,7 +352,7 @@ def cli(*argv, env=None):
     (["--model", "nosuchmodel"], "unknown model 'nosuchmodel'"),
     (["--batch-size", "0"], "--batch-size must be at least 1"),
     # issue 8, item 5: refused at once with the estimate, instead of a run that never ends
-    (["--depth", "6000002"], "--depth 6000002 would build a ResNet of about 9.73e+10 parameters"),
+    (["--depth", "6000002"], "--depth 6000002 would build a ResNet of about 9.72e+10 parameters"),
     (["--epochs", str(10**9)], "--epochs 1000000000 is more than 10,000 (the paper trains 164): 3.91e+11 iterations"),
 ])
 def test_bad_arguments_fail_with_one_line_and_no_traceback(tmp_path, argv, reason):

@@ -88,43 +88,69 @@ class CifarResNet(nn.Module):
         return f"shortcut={self.shortcut!r}"
 
 
-@register_model("cifar_resnet", depths="6n+2")
+def conv_params(in_channels, out_channels, kernel_size, bias=False, groups=1):
+    """The parameters of a Conv2d, for the registry's counts (no layer is built)."""
+    return out_channels * (in_channels // groups) * kernel_size ** 2 + (out_channels if bias else 0)
+
+
+def cifar_resnet_params(depth, shortcut="A", num_classes=10):
+    """The parameters of ``cifar_resnet(depth, shortcut, num_classes)``, counted without building it."""
+    n = check_depth(depth, 6, "cifar_resnet")
+    total = conv_params(3, 16, 3) + 2 * 16 + 64 * num_classes + num_classes  # stem conv + BN, fc
+    in_channels = 16
+    for channels in (16, 32, 64):
+        block = conv_params(channels, channels, 3) + 2 * channels  # conv-BN
+        total += conv_params(in_channels, channels, 3) + 2 * channels + (2 * n - 1) * block
+        if in_channels != channels and str(shortcut).upper() == "B":
+            total += conv_params(in_channels, channels, 1) + 2 * channels  # the projection
+        in_channels = channels
+    return total
+
+
+@register_model("cifar_resnet", depths="6n+2", family="cifar_v1", params=cifar_resnet_params,
+                template="resnet{depth}")
 def cifar_resnet(depth, shortcut="A", num_classes=10):
     """The CIFAR ResNet v1 of ``depth`` = 6n+2 layers (n blocks per stage)."""
     return CifarResNet(check_depth(depth, 6, "cifar_resnet"), shortcut, num_classes)
 
 
-@register_model("resnet20")
+@register_model("resnet20", family="cifar_v1", depth=20,
+                params=lambda shortcut="A", num_classes=10: cifar_resnet_params(20, shortcut, num_classes))
 def resnet20(shortcut="A", num_classes=10):
     """ResNet-20 (n=3): 269,722 parameters with option A, 272,474 with option B."""
     return cifar_resnet(20, shortcut, num_classes)
 
 
-@register_model("resnet32")
+@register_model("resnet32", family="cifar_v1", depth=32,
+                params=lambda shortcut="A", num_classes=10: cifar_resnet_params(32, shortcut, num_classes))
 def resnet32(shortcut="A", num_classes=10):
     """ResNet-32 (n=5): 464,154 parameters (option A)."""
     return cifar_resnet(32, shortcut, num_classes)
 
 
-@register_model("resnet44")
+@register_model("resnet44", family="cifar_v1", depth=44,
+                params=lambda shortcut="A", num_classes=10: cifar_resnet_params(44, shortcut, num_classes))
 def resnet44(shortcut="A", num_classes=10):
     """ResNet-44 (n=7): 658,586 parameters (option A)."""
     return cifar_resnet(44, shortcut, num_classes)
 
 
-@register_model("resnet56")
+@register_model("resnet56", family="cifar_v1", depth=56,
+                params=lambda shortcut="A", num_classes=10: cifar_resnet_params(56, shortcut, num_classes))
 def resnet56(shortcut="A", num_classes=10):
     """ResNet-56 (n=9): 853,018 parameters (option A)."""
     return cifar_resnet(56, shortcut, num_classes)
 
 
-@register_model("resnet110")
+@register_model("resnet110", family="cifar_v1", depth=110,
+                params=lambda shortcut="A", num_classes=10: cifar_resnet_params(110, shortcut, num_classes))
 def resnet110(shortcut="A", num_classes=10):
     """ResNet-110 (n=18): 1,727,962 parameters (option A)."""
     return cifar_resnet(110, shortcut, num_classes)
 
 
-@register_model("resnet1202")
+@register_model("resnet1202", family="cifar_v1", depth=1202,
+                params=lambda shortcut="A", num_classes=10: cifar_resnet_params(1202, shortcut, num_classes))
 def resnet1202(shortcut="A", num_classes=10):
     """ResNet-1202 (n=200): 19,421,274 parameters (option A)."""
     return cifar_resnet(1202, shortcut, num_classes)

@@ -25,7 +25,7 @@ project's reference lists (resnet56v2 1,663,338 ... resnet1001v2 30,347,658):
 from .. import functional as F
 from .. import nn
 from .blocks import check_num_classes
-from .cifar import check_depth
+from .cifar import check_depth, conv_params
 from .registry import register_model
 
 
@@ -92,31 +92,51 @@ class PreActResNet(nn.Module):
         return self.fc(self.avgpool(x))
 
 
-@register_model("preact_resnet", depths="9n+2")
+def preact_resnet_params(depth, num_classes=10):
+    """The parameters of ``preact_resnet(depth, num_classes)``, counted without building it."""
+    n = check_depth(depth, 9, "preact_resnet")
+    total = conv_params(3, 16, 3, bias=True) + 2 * 16 + 2 * 256 + 256 * num_classes + num_classes  # stem, bn_final, fc
+    for in_channels, width, out_channels in ((16, 16, 64), (64, 64, 128), (128, 128, 256)):
+        # bn2, conv2, bn3, conv3: the same in every unit of the stage
+        inner = 4 * width + conv_params(width, width, 3, bias=True) + conv_params(width, out_channels, 1, bias=True)
+        first = (conv_params(in_channels, width, 1, bias=True) + inner
+                 + conv_params(in_channels, out_channels, 1, bias=True))  # conv1, ..., the projection
+        if in_channels != 16:  # the first unit of stage 1 has no bn1
+            first += 2 * in_channels
+        total += first + (n - 1) * (2 * out_channels + conv_params(out_channels, width, 1, bias=True) + inner)
+    return total
+
+
+@register_model("preact_resnet", depths="9n+2", family="cifar_v2", params=preact_resnet_params,
+                template="resnet{depth}v2")
 def preact_resnet(depth, num_classes=10):
     """The pre-activation bottleneck ResNet of ``depth`` = 9n+2 layers (n units per stage)."""
     return PreActResNet(check_depth(depth, 9, "preact_resnet"), num_classes)
 
 
-@register_model("resnet56v2")
+@register_model("resnet56v2", family="cifar_v2", depth=56,
+                params=lambda num_classes=10: preact_resnet_params(56, num_classes))
 def resnet56v2(num_classes=10):
     """ResNet-56 v2 (n=6): 1,663,338 parameters."""
     return preact_resnet(56, num_classes)
 
 
-@register_model("resnet110v2")
+@register_model("resnet110v2", family="cifar_v2", depth=110,
+                params=lambda num_classes=10: preact_resnet_params(110, num_classes))
 def resnet110v2(num_classes=10):
     """ResNet-110 v2 (n=12): 3,302,442 parameters."""
     return preact_resnet(110, num_classes)
 
 
-@register_model("resnet164v2")
+@register_model("resnet164v2", family="cifar_v2", depth=164,
+                params=lambda num_classes=10: preact_resnet_params(164, num_classes))
 def resnet164v2(num_classes=10):
     """ResNet-164 v2 (n=18): 4,941,546 parameters."""
     return preact_resnet(164, num_classes)
 
 
-@register_model("resnet1001v2")
+@register_model("resnet1001v2", family="cifar_v2", depth=1001,
+                params=lambda num_classes=10: preact_resnet_params(1001, num_classes))
 def resnet1001v2(num_classes=10):
     """ResNet-1001 v2 (n=111): 30,347,658 parameters."""
     return preact_resnet(1001, num_classes)

@@ -20,6 +20,7 @@ Wide ResNets (WRN-28-10 ...) are in ``wide.py``.
 """
 from .. import nn
 from .blocks import BasicBlock, Bottleneck, check_num_classes, conv3x3, projection
+from .cifar import conv_params
 from .registry import register_model
 
 
@@ -91,64 +92,92 @@ def _resnet(block, layers, num_classes, stem, groups=1, width_per_group=64):
     return ResNet(block, layers, num_classes, stem, groups, width_per_group)
 
 
-@register_model("resnet18")
+def resnet_params(block, layers, num_classes=None, stem="cifar", groups=1, width_per_group=64):
+    """The parameters of ``_resnet(block, layers, num_classes, stem, ...)``, counted without building it."""
+    if num_classes is None:
+        num_classes = 1000 if stem == "imagenet" else 10
+    total = conv_params(3, 64, 7 if stem == "imagenet" else 3) + 2 * 64  # stem conv + BN
+    in_channels = 64
+    for i, (channels, blocks) in enumerate(zip((64, 128, 256, 512), layers)):
+        out_channels = channels * block.expansion
+        for j in range(blocks):
+            if block is BasicBlock:
+                total += conv_params(in_channels, channels, 3) + conv_params(channels, channels, 3) + 4 * channels
+            else:
+                width = int(channels * width_per_group / 64) * groups
+                total += (conv_params(in_channels, width, 1) + conv_params(width, width, 3, groups=groups)
+                          + conv_params(width, out_channels, 1) + 4 * width + 2 * out_channels)
+            if j == 0 and (i > 0 or in_channels != out_channels):
+                total += conv_params(in_channels, out_channels, 1) + 2 * out_channels  # the projection
+            in_channels = out_channels
+    return total + in_channels * num_classes + num_classes  # fc
+
+
+def _registered(name, family, depth, block, layers, **width):
+    """``register_model`` for a network of ``_resnet``: its facts and its parameter count."""
+    return register_model(name, family=family, depth=depth, stems=STEMS,
+                          params=lambda num_classes=None, stem="cifar": resnet_params(block, layers, num_classes,
+                                                                                      stem, **width))
+
+
+@_registered("resnet18", "imagenet", 18, BasicBlock, [2, 2, 2, 2])
 def resnet18(num_classes=None, stem="cifar"):
     """ResNet-18: BasicBlock, [2, 2, 2, 2]. ``num_classes`` defaults to 10 for the cifar stem and
     1000 for the imagenet stem. 11,173,962 parameters (cifar, 10 classes); 11,689,512 (imagenet, 1000)."""
     return _resnet(BasicBlock, [2, 2, 2, 2], num_classes, stem)
 
 
-@register_model("resnet34")
+@_registered("resnet34", "imagenet", 34, BasicBlock, [3, 4, 6, 3])
 def resnet34(num_classes=None, stem="cifar"):
     """ResNet-34: BasicBlock, [3, 4, 6, 3]. 21,282,122 parameters (cifar, 10 classes)."""
     return _resnet(BasicBlock, [3, 4, 6, 3], num_classes, stem)
 
 
-@register_model("resnet50")
+@_registered("resnet50", "imagenet", 50, Bottleneck, [3, 4, 6, 3])
 def resnet50(num_classes=None, stem="cifar"):
     """ResNet-50: Bottleneck, [3, 4, 6, 3]. 23,520,842 parameters (cifar, 10); 25,557,032 (imagenet, 1000)."""
     return _resnet(Bottleneck, [3, 4, 6, 3], num_classes, stem)
 
 
-@register_model("resnet101")
+@_registered("resnet101", "imagenet", 101, Bottleneck, [3, 4, 23, 3])
 def resnet101(num_classes=None, stem="cifar"):
     """ResNet-101: Bottleneck, [3, 4, 23, 3]. 42,512,970 parameters (cifar, 10 classes)."""
     return _resnet(Bottleneck, [3, 4, 23, 3], num_classes, stem)
 
 
-@register_model("resnet152")
+@_registered("resnet152", "imagenet", 152, Bottleneck, [3, 8, 36, 3])
 def resnet152(num_classes=None, stem="cifar"):
     """ResNet-152: Bottleneck, [3, 8, 36, 3]. 58,156,618 parameters (cifar, 10 classes)."""
     return _resnet(Bottleneck, [3, 8, 36, 3], num_classes, stem)
 
 
-@register_model("resnext50_32x4d")
+@_registered("resnext50_32x4d", "resnext", 50, Bottleneck, [3, 4, 6, 3], groups=32, width_per_group=4)
 def resnext50_32x4d(num_classes=None, stem="cifar"):
     """ResNeXt-50 32x4d: ResNet-50 with 32 groups of width 4 in the first stage's 3x3 conv.
     25,028,904 parameters (imagenet, 1000 classes); 22,992,714 (cifar, 10)."""
     return _resnet(Bottleneck, [3, 4, 6, 3], num_classes, stem, groups=32, width_per_group=4)
 
 
-@register_model("resnext101_32x8d")
+@_registered("resnext101_32x8d", "resnext", 101, Bottleneck, [3, 4, 23, 3], groups=32, width_per_group=8)
 def resnext101_32x8d(num_classes=None, stem="cifar"):
     """ResNeXt-101 32x8d. 88,791,336 parameters (imagenet, 1000 classes); 86,755,146 (cifar, 10)."""
     return _resnet(Bottleneck, [3, 4, 23, 3], num_classes, stem, groups=32, width_per_group=8)
 
 
-@register_model("resnext101_64x4d")
+@_registered("resnext101_64x4d", "resnext", 101, Bottleneck, [3, 4, 23, 3], groups=64, width_per_group=4)
 def resnext101_64x4d(num_classes=None, stem="cifar"):
     """ResNeXt-101 64x4d. 83,455,272 parameters (imagenet, 1000 classes); 81,419,082 (cifar, 10)."""
     return _resnet(Bottleneck, [3, 4, 23, 3], num_classes, stem, groups=64, width_per_group=4)
 
 
-@register_model("wide_resnet50_2")
+@_registered("wide_resnet50_2", "wide_imagenet", 50, Bottleneck, [3, 4, 6, 3], width_per_group=128)
 def wide_resnet50_2(num_classes=None, stem="cifar"):
     """Wide ResNet-50-2 (torchvision's): ResNet-50 with twice the bottleneck width.
     68,883,240 parameters (imagenet, 1000 classes); 66,847,050 (cifar, 10)."""
     return _resnet(Bottleneck, [3, 4, 6, 3], num_classes, stem, width_per_group=128)
 
 
-@register_model("wide_resnet101_2")
+@_registered("wide_resnet101_2", "wide_imagenet", 101, Bottleneck, [3, 4, 23, 3], width_per_group=128)
 def wide_resnet101_2(num_classes=None, stem="cifar"):
     """Wide ResNet-101-2 (torchvision's). 126,886,696 parameters (imagenet, 1000 classes); 124,850,506 (cifar, 10)."""
     return _resnet(Bottleneck, [3, 4, 23, 3], num_classes, stem, width_per_group=128)

@@ -20,7 +20,7 @@ convs, in ``resnet.py``.)
 from .. import functional as F
 from .. import nn
 from .blocks import check_num_classes, conv1x1, conv3x3
-from .cifar import check_depth
+from .cifar import check_depth, conv_params
 from .registry import register_model
 
 class WideBasicBlock(nn.Module):
@@ -91,25 +91,43 @@ class WideResNet(nn.Module):
         return f"k={self.k}"
 
 
-@register_model("wide_resnet", depths="6n+4")
+def wide_resnet_params(depth, k=1, num_classes=10, dropout=0.0):
+    """The parameters of ``wide_resnet(depth, k, num_classes)``, counted without building it."""
+    n = check_depth(depth, 6, "wide_resnet", offset=4)
+    total = conv_params(3, 16, 3) + 2 * 64 * k + 64 * k * num_classes + num_classes  # stem, bn_final, fc
+    in_channels = 16
+    for channels in (16 * k, 32 * k, 64 * k):
+        block = 2 * channels + conv_params(channels, channels, 3) + 2 * channels + conv_params(channels, channels, 3)
+        total += (2 * in_channels + conv_params(in_channels, channels, 3) + 2 * channels
+                  + conv_params(channels, channels, 3) + (n - 1) * block)
+        if in_channels != channels:
+            total += conv_params(in_channels, channels, 1)  # the projection
+        in_channels = channels
+    return total
+
+
+@register_model("wide_resnet", depths="6n+4", family="wrn", params=wide_resnet_params, template="wrn{depth}_{k}")
 def wide_resnet(depth, k=1, num_classes=10, dropout=0.0):
     """WRN-``depth``-``k``: depth = 6n+4 (n blocks per stage), widths 16k, 32k, 64k."""
     return WideResNet(check_depth(depth, 6, "wide_resnet", offset=4), k, num_classes, dropout)
 
 
-@register_model("wrn16_8")
+@register_model("wrn16_8", family="wrn", depth=16,
+                params=lambda num_classes=10, dropout=0.0: wide_resnet_params(16, 8, num_classes))
 def wrn16_8(num_classes=10, dropout=0.0):
     """WRN-16-8 (n=2): 10,961,370 parameters."""
     return wide_resnet(16, 8, num_classes, dropout)
 
 
-@register_model("wrn28_10")
+@register_model("wrn28_10", family="wrn", depth=28,
+                params=lambda num_classes=10, dropout=0.0: wide_resnet_params(28, 10, num_classes))
 def wrn28_10(num_classes=10, dropout=0.0):
     """WRN-28-10 (n=4): 36,479,194 parameters."""
     return wide_resnet(28, 10, num_classes, dropout)
 
 
-@register_model("wrn40_4")
+@register_model("wrn40_4", family="wrn", depth=40,
+                params=lambda num_classes=10, dropout=0.0: wide_resnet_params(40, 4, num_classes))
 def wrn40_4(num_classes=10, dropout=0.0):
     """WRN-40-4 (n=6): 8,949,210 parameters."""
     return wide_resnet(40, 4, num_classes, dropout)

@@ -45,7 +45,10 @@ def model_spec(config):
         return config["model"], {}
     if config.get("depth") is None:
         raise ValueError("the run's config names no model and no depth")
-    return f"resnet{int(config['depth'])}", {"shortcut": config.get("shortcut", "A")}
+    depth, kwargs = int(config["depth"]), {"shortcut": config.get("shortcut", "A")}
+    if models.info(f"resnet{depth}").family != "cifar_v1":  # resnet50, resnet152: torchvision's names
+        return "cifar_resnet", {"depth": depth, **kwargs}
+    return f"resnet{depth}", kwargs
 
 
 def recipe_of(config):
