@@ -19,7 +19,7 @@ import minires.train as train
 from minires import Tensor, backend as mb, nn
 from minires.functional.winograd import conv2d_winograd
 from minires.nn import init
-from minires.serialization import load, save
+from minires.serialization import save
 from minires.training import CheckpointError, read_checkpoint
 
 CONVERT = "x.astype('float32') / 255"
