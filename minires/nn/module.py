@@ -19,6 +19,11 @@ class Parameter(Tensor):
         return f"Parameter(shape={self.shape}, dtype={self.dtype}, backend={self.backend})"
 
 
+def _join(prefix, name):
+    """The dotted path of ``name`` inside the module at ``prefix`` ("" for the root): "layer1.0" + "conv1"."""
+    return f"{prefix}.{name}" if prefix else name
+
+
 class Module:
     """Base class of every layer and model.
 
@@ -119,7 +124,7 @@ class Module:
         while stack:
             name, m = stack.pop()
             yield name, m
-            children = [(f"{name}.{k}" if name else k, c) for k, c in m._modules.items() if c is not None]
+            children = [(_join(name, k), c) for k, c in m._modules.items() if c is not None]
             stack.extend(reversed(children))
 
     def modules(self):
@@ -141,7 +146,7 @@ class Module:
             for k, p in m._parameters.items():
                 if p is not None and id(p) not in seen:
                     seen.add(id(p))
-                    yield (f"{name}.{k}" if name else k), p
+                    yield _join(name, k), p
 
     def parameters(self):
         for _, p in self.named_parameters():
@@ -151,7 +156,7 @@ class Module:
         for name, m in self.named_modules(prefix):
             for k, b in m._buffers.items():
                 if b is not None:
-                    yield (f"{name}.{k}" if name else k), b
+                    yield _join(name, k), b
 
     def buffers(self):
         for _, b in self.named_buffers():
@@ -211,10 +216,10 @@ class Module:
         for name, m in self.named_modules():
             for k, p in m._parameters.items():
                 if p is not None:
-                    state[f"{name}.{k}" if name else k] = p.data
+                    state[_join(name, k)] = p.data
             for k, b in m._buffers.items():
                 if b is not None:
-                    state[f"{name}.{k}" if name else k] = b
+                    state[_join(name, k)] = b
         return state
 
     def load_state_dict(self, state, strict=True):
@@ -236,7 +241,7 @@ class Module:
             for registry in (m._parameters, m._buffers):
                 for k, v in registry.items():
                     if v is not None:
-                        targets[f"{name}.{k}" if name else k] = (m, registry, k)
+                        targets[_join(name, k)] = (m, registry, k)
         missing = [k for k in targets if k not in state]
         unexpected = [k for k in state if k not in targets]
         mismatched, wrong_kind = [], []
