@@ -14,7 +14,7 @@ from . import backend
 from .autograd import Function, FunctionHook, Tensor, is_grad_enabled, no_grad
 from .backend import get_array_module, get_backend, set_backend, to_numpy
 from .gradcheck import GradcheckError, gradcheck
-from .nn.init import manual_seed
+from .rng import manual_seed
 from . import autograd, data, functional, models, nn, optim, profiler, utils
 from .interop import load_torch_state_dict
 from .inference import predict

@@ -40,7 +40,7 @@ import numpy
 from . import backend, distributed, models, weights
 from .data import DatasetNotFoundError, make_cifar10_loaders, make_cifar10_test_loader
 from .nn import SyncBatchNorm
-from .nn.init import manual_seed
+from .rng import manual_seed
 from .optim import SGD, Adam, AdamW, ConstantLR, CosineLR, MultiStepLR
 from .training import (CheckpointError, Interrupted, NonFiniteError, OutOfMemoryError, TrainingError,
                        TrainState, evaluate, fit, read_checkpoint)

@@ -18,6 +18,7 @@ import minires.train as train
 from minires import Tensor, models
 from minires import backend as mb
 from minires.nn import init
+from minires import rng as minires_rng
 from minires.optim import SGD, Adam, AdamW, MultiStepLR
 from minires.serialization import load, save
 
@@ -78,7 +79,7 @@ def resnet_gradients():
     try:
         model = models.cifar_resnet(8)
     finally:
-        init._rng = rng_before
+        minires_rng._rng = rng_before
     model.astype(np.float64)
     params = list(model.parameters())
     start = [p.data.copy() for p in params]
@@ -375,7 +376,7 @@ ADAMW = ["--depth", "8", "--limit-train", "256", "--limit-test", "64", "--batch-
 def _leave_globals_alone(monkeypatch, tmp_path):
     """run() seeds the weight initialiser and may set the backend: restore both afterwards."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(init, "_rng", init.get_rng())
+    monkeypatch.setattr(minires_rng, "_rng", minires_rng.get_rng())
     previous = mb.get_backend()
     yield
     mb.set_backend(previous)

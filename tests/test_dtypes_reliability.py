@@ -19,6 +19,7 @@ import minires.train as train
 from minires import Tensor, backend as mb, nn
 from minires.functional.winograd import conv2d_winograd
 from minires.nn import init
+from minires import rng as minires_rng
 from minires.serialization import save
 from minires.training import CheckpointError, read_checkpoint
 
@@ -158,7 +159,7 @@ def checkpoint(tmp_path, monkeypatch):
     """A weights-only checkpoint of a fresh ResNet-8 (``{"model": state_dict}``), as a dict to change
     and save; run() seeds the initialiser and may set the backend: both are restored afterwards."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(init, "_rng", init.get_rng())
+    monkeypatch.setattr(minires_rng, "_rng", minires_rng.get_rng())
     previous = mb.get_backend()
     init.manual_seed(0)
     yield {"model": minires.models.cifar_resnet(8).state_dict()}

@@ -155,3 +155,31 @@ def test_a_summary_reprs_in_one_line():
     text = repr(s)
     assert "\n" not in text and len(text) < 200 and "75,290 parameters" in text
     assert "Total params: 75,290" in str(s)
+
+
+def _minires_imports(path, package):
+    """The minires subpackages/modules a file imports, anywhere in it (late imports included)."""
+    import ast
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            parts = package.split(".")[:len(package.split(".")) - (node.level - 1)]
+            name = ".".join(parts + ([node.module] if node.module else []))
+            found |= {f"{name}.{a.name}" if name == "minires" else name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("minires"):
+            found.add(node.module)
+    return {n.split(".")[1] for n in found if n.count(".") >= 1}
+
+
+@pytest.mark.parametrize("layer, forbidden", [
+    ("functional", {"nn", "models", "training", "distributed", "train"}),
+    ("nn", {"models", "training", "distributed", "train"}),
+    ("models", {"training", "distributed", "train"}),
+])
+def test_the_layers_import_only_downwards(layer, forbidden):
+    """backend < autograd < functional < nn < models, with training and distributed on top."""
+    from pathlib import Path
+    folder = Path(minires.__file__).parent / layer
+    for path in sorted(folder.glob("*.py")):
+        package = f"minires.{layer}"
+        assert not _minires_imports(path, package) & forbidden, path.name

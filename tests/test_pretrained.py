@@ -17,6 +17,7 @@ from minires import backend as mb
 from minires import models, train, weights
 from minires.data import channel_stats, load_cifar10, pixel_mean
 from minires.nn import init
+from minires import rng as minires_rng
 from minires.weights import package as packaging
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,7 +37,7 @@ def run_main(*argv):
 @pytest.fixture(autouse=True)
 def _leave_globals_alone(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(init, "_rng", init.get_rng())
+    monkeypatch.setattr(minires_rng, "_rng", minires_rng.get_rng())
     previous = mb.get_backend()
     yield
     mb.set_backend(previous)
@@ -50,7 +51,7 @@ def run(tiny_cifar10_dir, tmp_path_factory):
     try:
         assert run_main(*TINY, "--data-dir", tiny_cifar10_dir, "--out", out) == 0
     finally:
-        init._rng = rng
+        minires_rng._rng = rng
         mb.set_backend(previous)
     return out
 

@@ -5,7 +5,7 @@ import pytest
 
 from minires import backend as mb
 from minires import train
-from minires.nn import init
+from minires import rng as minires_rng
 
 FAST = {"epochs": 50, "schedule": "cosine", "nesterov": True, "weight_decay": 5e-4, "label_smoothing": 0.1,
         "normalization": "channel"}
@@ -77,7 +77,7 @@ def test_help_prints_each_recipes_settings(capsys, monkeypatch):
 @pytest.fixture
 def _restore_globals(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(init, "_rng", init.get_rng())
+    monkeypatch.setattr(minires_rng, "_rng", minires_rng.get_rng())
     previous = mb.get_backend()
     yield
     mb.set_backend(previous)

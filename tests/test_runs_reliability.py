@@ -28,6 +28,7 @@ import minires.training.loop as loop
 from minires import backend as mb
 from minires import models, nn, tracing
 from minires.nn import init
+from minires import rng as minires_rng
 from minires.optim import SGD, ConstantLR
 from minires.training import RunFolder, RunFolderError, TrainState, evaluate
 from minires.training.folder import RUN_FILES
@@ -43,7 +44,7 @@ STALE = ".last.npz.0123456789ab.tmp"  # named as atomic_write names its temporar
 def _leave_globals_alone(monkeypatch, tmp_path):
     """run() seeds the weight initialiser and may set the backend; runs/ goes to a temporary folder."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(init, "_rng", init.get_rng())
+    monkeypatch.setattr(minires_rng, "_rng", minires_rng.get_rng())
     previous = mb.get_backend()
     yield
     mb.set_backend(previous)

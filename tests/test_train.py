@@ -33,6 +33,7 @@ import minires.train as train
 import minires.training.loop as loop
 from minires import backend as mb
 from minires.nn import init
+from minires import rng as minires_rng
 from minires.optim import SGD, ConstantLR, CosineLR, MultiStepLR
 from minires.serialization import load, save
 
@@ -67,7 +68,7 @@ def _leave_globals_alone(monkeypatch, tmp_path):
     the rest of the suite sees what it would have seen without these tests. A run without --out
     writes to runs/ under the working directory: make that a temporary one."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(init, "_rng", init.get_rng())
+    monkeypatch.setattr(minires_rng, "_rng", minires_rng.get_rng())
     previous = mb.get_backend()
     yield
     mb.set_backend(previous)
@@ -103,7 +104,7 @@ def straight(tiny_cifar10_dir, tmp_path_factory):
     try:
         assert run_main(*tiny(tiny_cifar10_dir, "--epochs", 2, "--out", out)) == 0
     finally:
-        init._rng = rng
+        minires_rng._rng = rng
         mb.set_backend(previous)
     return out
 

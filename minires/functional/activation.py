@@ -3,7 +3,7 @@ import numpy
 
 from .. import backend
 from ..autograd import Function
-from ..nn import init
+from ..rng import get_rng
 from ..utils import threads
 from .dtypes import check_floating
 
@@ -155,7 +155,7 @@ def dropout(x, p=0.5, training=True, rng=None):
         raise ValueError(f"dropout: p must lie in [0, 1], got {p}")
     if not training or p == 0:
         return x
-    rng = init.get_rng() if rng is None else numpy.random.default_rng(rng)
+    rng = get_rng() if rng is None else numpy.random.default_rng(rng)
     xp = backend.get_array_module(x)
     keep = xp.asarray(rng.random(x.shape, dtype=numpy.float32) >= p)
     return DropoutFunction(keep, float(p))(x)

@@ -1,22 +1,15 @@
-"""Weight initialisation. Weights are drawn on the host from one seeded NumPy generator (so a
-seed gives the same model on every backend) and then moved to the parameter's backend."""
+"""Weight initialisation. Weights are drawn on the host from minires's seeded generator
+(``minires.rng``: a seed gives the same model on every backend) and then moved to the
+parameter's backend."""
 import math
 
 import numpy
 
 from .. import backend
+from ..rng import get_rng, manual_seed
 
-_rng = numpy.random.default_rng(0)
+__all__ = ["manual_seed", "get_rng", "fans", "kaiming_normal_", "uniform_", "constant_"]
 
-
-def manual_seed(seed):
-    """Reseed the generator that initialises new parameters."""
-    global _rng
-    _rng = numpy.random.default_rng(seed)
-
-
-def get_rng():
-    return _rng
 
 
 def fans(shape):
@@ -34,11 +27,11 @@ def kaiming_normal_(param, mode="fan_in"):
     """He et al. 2015: N(0, 2 / fan) keeps the variance of ReLU activations constant with depth."""
     fan_in, fan_out = fans(param.shape)
     std = math.sqrt(2.0 / (fan_in if mode == "fan_in" else fan_out))
-    return _fill(param, _rng.normal(0.0, std, size=param.shape))
+    return _fill(param, get_rng().normal(0.0, std, size=param.shape))
 
 
 def uniform_(param, bound):
-    return _fill(param, _rng.uniform(-bound, bound, size=param.shape))
+    return _fill(param, get_rng().uniform(-bound, bound, size=param.shape))
 
 
 def constant_(param, value):
