@@ -22,29 +22,28 @@ REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 TIMEOUT = 300  # seconds per block, generous for a loaded 2-core machine
 
-# A module a block imports -> what installs it (the name an optional dependency has).
-OPTIONAL_IMPORTS = {
+# What a block may need beyond minires and NumPy -> what brings it (a skip names it).
+NEEDS = {
     "torch": "torch: pip install torch",
     "torchvision": "torchvision: pip install torchvision",
-    "onnxruntime": 'onnxruntime: pip install -e ".[onnx]"',
-    "minires.onnx": 'onnx: pip install -e ".[onnx]"',
-    "PIL": 'Pillow (PIL): pip install -e ".[image]"',
-}
-NEEDS = {  # what a need in FIXTURES is, and what installs it
-    "torch": "torch: pip install torch",
+    "onnx": 'onnx: pip install -e ".[onnx]"',
+    "onnxruntime": 'onnxruntime (onnx): pip install -e ".[onnx]"',
     "PIL": 'Pillow (PIL): pip install -e ".[image]"',
     "graphviz": 'graphviz: pip install -e ".[viz]"',
     "dot": "Graphviz's dot program (graphviz): apt install graphviz",
     "cifar-10": "the real CIFAR-10 (cifar-10 in ../shared/data or $MINIRES_DATA)",
 }
+# A minires module whose import brings in an optional package.
+IMPORT_NEEDS = {"minires.onnx": "onnx"}
 
 
 def _checkpoint(cwd):
     """A checkpoint of the reader's own, as the command line writes it (one quick epoch)."""
-    subprocess.run([sys.executable, "-m", "minires.train", "--depth", "20", "--data-dir", "../shared/data",
-                    "--epochs", "1", "--limit-train", "128", "--limit-test", "128", "--batch-size", "64",
-                    "--no-progress", "--out", "runs/resnet20"],
-                   cwd=cwd, env=_env(), check=True, capture_output=True, timeout=TIMEOUT)
+    done = subprocess.run([sys.executable, "-m", "minires.train", "--depth", "20", "--data-dir", "../shared/data",
+                           "--epochs", "1", "--limit-train", "128", "--limit-test", "128", "--batch-size", "64",
+                           "--no-progress", "--out", "runs/resnet20"],
+                          cwd=cwd, env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
+    assert done.returncode == 0, f"making runs/resnet20/last.npz failed:\n{done.stderr[-3000:]}"
 
 
 def _photo(cwd):
@@ -120,6 +119,14 @@ def imported_modules(code):
     return names
 
 
+def block_needs(code):
+    """The keys of NEEDS that running ``code`` takes: its imports, its fixtures' and the data's."""
+    needs = [IMPORT_NEEDS.get(name, name) for name in imported_modules(code)]
+    needs += [need for path, (path_needs, _) in FIXTURES.items() if f'"{path}"' in code for need in path_needs]
+    needs += ["cifar-10"] if "../shared/data" in code else []
+    return [need for need in dict.fromkeys(needs) if need in NEEDS]
+
+
 def _missing(need):
     if need == "dot":
         return shutil.which("dot") is None
@@ -146,24 +153,25 @@ def test_imported_modules_reads_every_import_form():
     assert imported_modules(code) == ["numpy", "minires", "minires", "minires.onnx", "PIL"]
 
 
+def test_block_needs_reads_imports_fixtures_and_data():
+    code = 'import numpy, torch\nimport minires.onnx\nminires.predict(m, ["cat.jpg"])\nload("../shared/data")\n'
+    assert block_needs(code) == ["torch", "onnx", "PIL", "cifar-10"]
+
+
 @pytest.mark.parametrize("code", [pytest.param(code, id=block_id) for block_id, code in readme_blocks()])
 def test_readme_python_block_runs_as_pasted(code, tmp_path):
-    needs = [OPTIONAL_IMPORTS[name] for name in imported_modules(code)
-             if name in OPTIONAL_IMPORTS and importlib.util.find_spec(name) is None]
-    fixtures = [(make, need) for path, (need, make) in FIXTURES.items() if f'"{path}"' in code]
-    if "../shared/data" in code:
-        fixtures.append((None, ("cifar-10",)))
-    needs += [NEEDS[need] for _, need_list in fixtures for need in need_list if _missing(need)]
-    if needs:
-        pytest.skip(f"README block needs {'; '.join(dict.fromkeys(needs))}")
+    missing = [NEEDS[need] for need in block_needs(code) if _missing(need)]
+    if missing:
+        pytest.skip(f"README block needs {'; '.join(missing)}")
 
+    fixtures = [make for path, (_, make) in FIXTURES.items() if f'"{path}"' in code]
     cwd = tmp_path / "repo"  # a reader's checkout, with the data beside it
     cwd.mkdir()
     data = _real_cifar10_dir()
     if data is not None:
         (tmp_path / "shared").mkdir()
         (tmp_path / "shared" / "data").symlink_to(data.parent, target_is_directory=True)
-    prelude = "".join(make(cwd) or "" for make, _ in fixtures if make is not None)
+    prelude = "".join(make(cwd) or "" for make in fixtures)
     script = tmp_path / "block.py"
     script.write_text(prelude + code)
     done = subprocess.run([sys.executable, str(script)], cwd=cwd, env=_env(), capture_output=True, text=True,
