@@ -29,7 +29,17 @@ WINOGRAD = False
 WINOGRAD_MIN_CHANNELS = 256
 
 
-class Conv2dSimpleFunction(Function):
+class _Conv2dGeometry(Function):
+    """What both convolution Functions are built with: stride, padding, dilation, groups."""
+
+    def __init__(self, stride=1, padding=0, dilation=1, groups=1):
+        self.sy, self.sx = pair(stride, "stride")
+        self.ph, self.pw = pair(padding, "padding")
+        self.dy, self.dx = pair(dilation, "dilation")
+        self.groups = groups
+
+
+class Conv2dSimpleFunction(_Conv2dGeometry):
     """y[n, o] = sum_{c, i, j} W[o, c, i, j] * xpad[n, g*C/G + c, y*s + i*d, x*s + j*d] + b[o], plainly.
 
     x (N, C, H, W), W (O, C/G, kh, kw), b (O,) -> y (N, O, Ho, Wo), Ho = (H + 2p - d*(kh-1) - 1) // s + 1,
@@ -40,12 +50,6 @@ class Conv2dSimpleFunction(Function):
       gx = col2im(W3^T @ gy3), the overlapping taps added up, with gy3 = gy as (G, O/G, N*Ho*Wo).
     The column matrix is kept for backward (kh*kw times the input: the price of simplicity).
     """
-
-    def __init__(self, stride=1, padding=0, dilation=1, groups=1):
-        self.sy, self.sx = pair(stride, "stride")
-        self.ph, self.pw = pair(padding, "padding")
-        self.dy, self.dx = pair(dilation, "dilation")
-        self.groups = groups
 
     def forward(self, x, W, b=None):
         xp = backend.get_array_module(x)
@@ -77,7 +81,7 @@ class Conv2dSimpleFunction(Function):
         return gx, gW, gy.sum(axis=(0, 2, 3))
 
 
-class Conv2dFunction(Function):
+class Conv2dFunction(_Conv2dGeometry):
     """y[n, o] = sum_{c, i, j} W[o, c, i, j] * xpad[n, g*C/G + c, y*s + i*d, x*s + j*d] + b[o].
 
     x (N, C, H, W), W (O, C/G, kh, kw), b (O,) -> y (N, O, Ho, Wo), Ho = (H + 2p - d*(kh-1) - 1) // s + 1,
@@ -94,12 +98,6 @@ class Conv2dFunction(Function):
     contiguous share of the batch per thread, single-threaded BLAS inside), and the column
     matrix is recomputed in backward rather than kept (it is kh*kw times the input).
     """
-
-    def __init__(self, stride=1, padding=0, dilation=1, groups=1):
-        self.sy, self.sx = pair(stride, "stride")
-        self.ph, self.pw = pair(padding, "padding")
-        self.dy, self.dx = pair(dilation, "dilation")
-        self.groups = groups
 
     def forward(self, x, W, b=None):
         xp = backend.get_array_module(x)
