@@ -13,6 +13,13 @@ from minires import backend as mb
 INSTALL_HINT = 'pip install "minires[cuda12]"'
 
 
+def unavailable_message():
+    """What the cupy backend says on this machine without a GPU: how to install CuPy where it is
+    missing, and that it cannot reach a GPU where it is installed (as in CI, for the kernel tests)."""
+    import importlib.util
+    return INSTALL_HINT if importlib.util.find_spec("cupy") is None else "CuPy is installed but "
+
+
 @pytest.fixture
 def fresh_default(monkeypatch):
     """Forget the resolved default backend (restored after the test) so MINIRES_BACKEND is re-read."""
@@ -44,11 +51,12 @@ def test_set_backend_cupy_without_cupy_gives_install_hint(fresh_default):
         pytest.skip("CuPy is available on this machine")
     with pytest.raises(mb.BackendError) as info:
         minires.set_backend("cupy")
-    assert INSTALL_HINT in str(info.value)
+    assert unavailable_message() in str(info.value)
     assert isinstance(info.value, RuntimeError)
     assert minires.get_backend() == "numpy"  # the failed call left the default alone
-    with pytest.raises(mb.BackendError, match=INSTALL_HINT.replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(mb.BackendError) as info:
         mb.get_module("cupy")
+    assert unavailable_message() in str(info.value)
 
 
 def test_set_and_get_backend(fresh_default, backend):
@@ -105,7 +113,7 @@ def test_env_var_cupy_without_cupy_fails_at_first_use_with_hint(fresh_default):
     fresh_default.setenv("MINIRES_BACKEND", "cupy")
     with pytest.raises(mb.BackendError) as info:
         Tensor([1.0])
-    assert INSTALL_HINT in str(info.value)
+    assert unavailable_message() in str(info.value)
 
 
 # --- arrays and tensors across backends -----------------------------------------------------------
