@@ -44,6 +44,7 @@ from .rng import manual_seed
 from .optim import SGD, Adam, AdamW, ConstantLR, CosineLR, MultiStepLR
 from .training import (CheckpointError, Interrupted, NonFiniteError, OutOfMemoryError, TrainingError,
                        TrainState, evaluate, fit, read_checkpoint)
+from .training import extensions as ext
 from .training.confusion import class_table, plot_confusion
 from .training.folder import RunFolder, same_folder
 from .training.guard import non_finite
@@ -166,6 +167,8 @@ def build_parser(exit_on_error=True):
     r.add_argument("--pretrained", metavar="NAME",
                    help="with --eval-only: the weights that ship with minires for model NAME (e.g. resnet20)")
     r.add_argument("--no-progress", action="store_true", help="no per-batch progress bar")
+    r.add_argument("--profile", action="store_true",
+                   help="time every op's forward and backward and print the table per iteration at the end")
     g = p.add_argument_group("data-parallel training (start N processes with mpiexec -n N)")
     g.add_argument("--distributed", action="store_true",
                    help="be one process of an mpiexec job: MPI between CPU processes, NCCL between GPUs with "
@@ -345,6 +348,17 @@ def build_schedule(args, optimizer, total_steps):
     return ConstantLR(optimizer, **common)
 
 
+def build_extensions(args, out, resumed_from):
+    """What the run does at the end of every epoch (``minires.training.extensions``): print its
+    line, save best.npz and last.npz, write metrics.csv and curves.png; with --profile, the
+    per-op time table at the end."""
+    extensions = [ext.EpochLog(), ext.BestSnapshot(out), ext.Snapshot(out, resumed_from), ext.MetricsCSV(out),
+                  ext.Curves(out)]
+    if args.profile:
+        extensions.append(ext.Profiler())
+    return extensions
+
+
 def checkpoint_path(resume):
     """--resume names a checkpoint file or the folder of a run (then its last.npz)."""
     return os.path.join(resume, "last.npz") if os.path.isdir(resume) else resume
@@ -360,7 +374,7 @@ def restart_hint(good):
 # What each process of a --distributed job may set for itself: the folder only rank 0 writes,
 # how it shows progress and how long it waits, where its machine keeps the data (the data
 # themselves are compared). --resume is compared as given or not: only rank 0 reads the file.
-_PER_PROCESS = {"out", "no_progress", "dist_timeout", "data_dir", "download", "distributed"}
+_PER_PROCESS = {"out", "no_progress", "profile", "dist_timeout", "data_dir", "download", "distributed"}
 
 
 def agreement_fields(args, info=None, loaders=()):
@@ -505,7 +519,8 @@ def run(args, checkpoint=None, comm=None):
         if is_main:
             write_config(os.path.join(out, "config.json"), state.config)
         history = fit(state, test_loader, args.epochs, out=out, label_smoothing=args.label_smoothing,
-                      progress=not args.no_progress, hooks=hooks, resumed_from=path)
+                      progress=not args.no_progress, hooks=hooks, resumed_from=path,
+                      extensions=build_extensions(args, out, path))
     except NonFiniteError as e:
         raise NonFiniteError(f"{e}; try a lower --lr (now {args.lr:g}) or --warmup, {restart_hint(e.checkpoint)}",
                              e.checkpoint) from None
@@ -521,7 +536,7 @@ def run(args, checkpoint=None, comm=None):
 
 # What a resumed run never takes from its checkpoint: where to resume from, and how to show and
 # run it (a run of N processes may go on in one, and back).
-_NOT_INHERITED = {"resume", "eval_only", "out", "no_progress", "distributed", "dist_timeout"}
+_NOT_INHERITED = {"resume", "eval_only", "out", "no_progress", "profile", "distributed", "dist_timeout"}
 
 
 def config_defaults(parser, config, path):
