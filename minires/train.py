@@ -143,6 +143,15 @@ def build_parser(exit_on_error=True):
                         "(default: 400 for depth >= 110 with sgd as in the paper, else 0)")
     o.add_argument("--warmup-lr", type=float, default=0.01, help="learning rate during the warm-up")
     o.add_argument("--label-smoothing", type=float, default=0.0, help="label smoothing of the cross-entropy")
+    o.add_argument("--early-stopping", type=int, metavar="PATIENCE",
+                   help="stop when the --monitor metric has not improved for PATIENCE epochs (Keras's EarlyStopping)")
+    o.add_argument("--reduce-lr-on-plateau", type=int, metavar="PATIENCE",
+                   help="multiply the lr by --plateau-factor when the --monitor metric has not improved for "
+                        "PATIENCE epochs (on top of --schedule, which keeps working)")
+    o.add_argument("--plateau-factor", type=float, default=0.1, help="the factor of --reduce-lr-on-plateau")
+    o.add_argument("--min-lr", type=float, default=0.0, help="--reduce-lr-on-plateau never takes the base lr below it")
+    o.add_argument("--monitor", choices=("acc", "loss"), default="acc",
+                   help="what --early-stopping and --reduce-lr-on-plateau watch: the test accuracy or loss")
     d = p.add_argument_group("data")
     d.add_argument("--data-dir", help="folder holding cifar-10-batches-py/ or cifar-10-python.tar.gz "
                                       "(default: $MINIRES_DATA, then ~/.cache/minires)")
@@ -211,7 +220,7 @@ def check_args(args):
     for name in ("epochs", "batch_size"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    for name in ("limit_train", "limit_test"):
+    for name in ("limit_train", "limit_test", "early_stopping", "reduce_lr_on_plateau"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     _check_range(args, "lr", 0, MAX_LR, low_open=True, high_open=False)
@@ -220,6 +229,8 @@ def check_args(args):
     _check_range(args, "weight_decay", 0, 1)
     _check_range(args, "label_smoothing", 0, 1)
     _check_range(args, "eps", 0, 1, low_open=True)
+    _check_range(args, "plateau_factor", 0, 1, low_open=True)
+    _check_range(args, "min_lr", 0, MAX_LR)
     if args.nesterov and args.optimizer != "sgd":
         raise ValueError(f"--nesterov is SGD's momentum; --optimizer {args.optimizer} has none")
     if args.seed < 0:
@@ -348,12 +359,20 @@ def build_schedule(args, optimizer, total_steps):
     return ConstantLR(optimizer, **common)
 
 
-def build_extensions(args, out, resumed_from):
-    """What the run does at the end of every epoch (``minires.training.extensions``): print its
+def build_extensions(args, out, resumed_from, schedule):
+    """What the run does at the end of every epoch (``minires.training.extensions``): with
+    --reduce-lr-on-plateau and --early-stopping, decide on the lr and on stopping; print its
     line, save best.npz and last.npz, write metrics.csv and curves.png; with --profile, the
     per-op time table at the end."""
-    extensions = [ext.EpochLog(), ext.BestSnapshot(out), ext.Snapshot(out, resumed_from), ext.MetricsCSV(out),
-                  ext.Curves(out)]
+    monitor = "test_" + args.monitor
+    extensions = []
+    if args.reduce_lr_on_plateau:
+        extensions.append(ext.ReduceLROnPlateau(schedule, monitor, args.plateau_factor, args.reduce_lr_on_plateau,
+                                                args.min_lr, log=print))
+    if args.early_stopping:
+        extensions.append(ext.EarlyStopping(monitor, args.early_stopping, log=print))
+    extensions += [ext.EpochLog(), ext.BestSnapshot(out), ext.Snapshot(out, resumed_from), ext.MetricsCSV(out),
+                   ext.Curves(out)]
     if args.profile:
         extensions.append(ext.Profiler())
     return extensions
@@ -520,7 +539,7 @@ def run(args, checkpoint=None, comm=None):
             write_config(os.path.join(out, "config.json"), state.config)
         history = fit(state, test_loader, args.epochs, out=out, label_smoothing=args.label_smoothing,
                       progress=not args.no_progress, hooks=hooks, resumed_from=path,
-                      extensions=build_extensions(args, out, path))
+                      extensions=build_extensions(args, out, path, schedule))
     except NonFiniteError as e:
         raise NonFiniteError(f"{e}; try a lower --lr (now {args.lr:g}) or --warmup, {restart_hint(e.checkpoint)}",
                              e.checkpoint) from None
@@ -529,6 +548,8 @@ def run(args, checkpoint=None, comm=None):
     finally:
         if folder is not None:
             folder.release()
+    if state.epoch < args.epochs:
+        print(f"stopped early after epoch {state.epoch} of {args.epochs} (--early-stopping {args.early_stopping})")
     print(f"done: final test accuracy {100 * history[-1]['test_acc']:.2f}% "
           f"(best {100 * state.best_acc:.2f}%); metrics and checkpoints in {out}")
     return history[-1]

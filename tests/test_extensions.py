@@ -117,3 +117,130 @@ def test_profiler_logs_the_table_per_iteration():
 def test_the_loop_does_not_import_the_profiler():
     import inspect
     assert "profiler" not in inspect.getsource(loop)
+
+
+# --- EarlyStopping and ReduceLROnPlateau ----------------------------------------------------
+
+def rows(*values, column="test_acc"):
+    return [{column: v} for v in values]
+
+
+def test_early_stopping_waits_patience_epochs_without_improvement():
+    from minires.training import EarlyStopping
+    stopper = EarlyStopping("test_acc", patience=2)
+    stopped = []
+    for row in rows(0.3, 0.5, 0.5, 0.4):
+        stopper.on_epoch_end(None, row)
+        stopped.append(stopper.stop_training)
+    assert stopped == [False, False, False, True]
+    assert stopper.state_dict() == {"best": 0.5, "wait": 2}
+    losses = EarlyStopping("val_loss", patience=1)  # "auto": a loss improves downwards
+    for row in rows(2.0, 1.5, column="val_loss"):
+        losses.on_epoch_end(None, row)
+    assert not losses.stop_training and losses.best == 1.5
+
+
+def test_reduce_lr_on_plateau_scales_the_schedule_which_keeps_working():
+    from minires.optim import MultiStepLR
+    from minires.training import ReduceLROnPlateau
+    weight = minires.Tensor(np.zeros(3, dtype=np.float32), requires_grad=True)
+    optimizer = SGD([weight], lr=0.1)
+    schedule = MultiStepLR(optimizer, [10], gamma=0.1)
+    plateau = ReduceLROnPlateau(schedule, "test_loss", factor=0.5, patience=2, min_lr=0.02)
+    for row in rows(1.0, 1.0, 1.0, column="test_loss"):  # two epochs without improvement
+        plateau.on_epoch_end(None, row)
+    assert plateau.scale == 0.5 and optimizer.param_groups[0]["lr"] == pytest.approx(0.05)
+    for _ in range(10):
+        schedule.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.005)  # the milestone still divides by 10
+    for row in rows(1.0, 1.0, 1.0, 1.0, column="test_loss"):
+        plateau.on_epoch_end(None, row)
+    assert plateau.scale == pytest.approx(0.2)  # min_lr 0.02 = 0.2 x the base lr 0.1, not 0.125
+    assert plateau.state_dict() == {"best": 1.0, "wait": 0, "scale": plateau.scale}
+
+
+def plateau_run(tmp_path, epochs, resume=None):
+    """A tiny run whose lr is halved after every epoch but the first (min_delta 1: an accuracy
+    never improves by more), saving last.npz; ``resume``: a last.npz to go on from."""
+    from minires.training import ReduceLROnPlateau, Snapshot
+    state, test = tiny_state(lr=0.05)
+    plateau = ReduceLROnPlateau(state.schedule, "test_acc", factor=0.5, patience=1, min_delta=1.0)
+    if resume is not None:
+        state.load_state_dict(load(resume))
+    fit(state, test, epochs=epochs, out=tmp_path, progress=False, resumed_from=resume,
+        extensions=[plateau, Snapshot(tmp_path, resume)])
+    return state.history
+
+
+def test_a_run_stopped_right_after_a_reduction_resumes_exactly(tmp_path):
+    """Stopped after epoch 2, whose end halved the lr, before any step at the new lr."""
+    straight = plateau_run(tmp_path / "straight", 3)
+    assert [row["lr"] for row in straight] == [0.05, 0.05, 0.025]  # halved at the end of epoch 2
+    plateau_run(tmp_path / "stopped", 2)
+    saved = load(tmp_path / "stopped" / "last.npz")
+    assert saved["extensions"]["ReduceLROnPlateau"] == {"best": straight[0]["test_acc"], "wait": 0, "scale": 0.5}
+    resumed = plateau_run(tmp_path / "stopped", 3, resume=tmp_path / "stopped" / "last.npz")
+    timing = ("seconds", "images_per_s")
+    assert [{k: v for k, v in r.items() if k not in timing} for r in resumed] == \
+           [{k: v for k, v in r.items() if k not in timing} for r in straight]
+
+
+# --- the command line -----------------------------------------------------------------------
+
+TINY = ["--depth", "8", "--limit-train", "64", "--limit-test", "32", "--batch-size", "32", "--no-progress"]
+
+
+def run_main(*argv):
+    import minires.train as train
+    try:
+        return train.main([str(a) for a in argv])
+    except SystemExit as e:
+        return 0 if e.code is None else e.code
+
+
+@pytest.fixture
+def _restore_globals(monkeypatch, tmp_path):
+    from minires import backend, rng
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(rng, "_rng", rng.get_rng())
+    previous = backend.get_backend()
+    yield
+    backend.set_backend(previous)
+
+
+def test_the_cli_composes_plateau_and_early_stopping(tiny_cifar10_dir, tmp_path, capsys, _restore_globals):
+    out = tmp_path / "run"
+    argv = [*TINY, "--data-dir", tiny_cifar10_dir, "--out", out, "--epochs", 3, "--monitor", "loss",
+            "--reduce-lr-on-plateau", 1, "--plateau-factor", 0.5, "--early-stopping", 2, "--schedule", "constant"]
+    assert run_main(*argv) == 0
+    text = capsys.readouterr().out
+    saved = load(out / "last.npz")
+    history = saved["history"]
+    assert set(saved["extensions"]) == {"ReduceLROnPlateau", "EarlyStopping"}
+    plateau = saved["extensions"]["ReduceLROnPlateau"]
+    assert plateau["best"] == min(row["test_loss"] for row in history)
+    # the saved scale is the product of the reductions the run printed
+    reductions = text.count("reduce lr on plateau")
+    assert plateau["scale"] == 0.5 ** reductions
+    assert ("stopped early" in text) == (len(history) < 3)
+    config = __import__("json").loads((out / "config.json").read_text())
+    assert (config["reduce_lr_on_plateau"], config["early_stopping"], config["monitor"]) == (1, 2, "loss")
+
+
+@pytest.mark.parametrize("flag, value, reason", [
+    ("--early-stopping", "0", "--early-stopping must be at least 1"),
+    ("--reduce-lr-on-plateau", "-1", "--reduce-lr-on-plateau must be at least 1"),
+    ("--plateau-factor", "1", "--plateau-factor must lie in (0, 1), got 1"),
+    ("--min-lr", "nan", "--min-lr must be a finite number"),
+])
+def test_bad_plateau_flags_are_one_line(tmp_path, capsys, flag, value, reason, _restore_globals):
+    assert run_main("--data-dir", tmp_path / "none", flag, value, "--out", tmp_path / "out") == 2
+    assert reason in capsys.readouterr().err
+
+
+def test_help_documents_the_new_flags(capsys):
+    assert run_main("--help") == 0
+    text = capsys.readouterr().out
+    for flag in ("--early-stopping", "--reduce-lr-on-plateau", "--plateau-factor", "--min-lr", "--monitor",
+                 "--profile"):
+        assert flag in text

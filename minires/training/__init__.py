@@ -19,8 +19,8 @@ a reader finds each in one place.
 """
 from .errors import CheckpointError, Interrupted, NonFiniteError, OutOfMemoryError, RunFolderError, TrainingError
 from .folder import RunFolder
-from .extensions import (BestSnapshot, Curves, EpochLog, Extension, MetricsCSV, Profiler, Snapshot,
-                         default_extensions)
+from .extensions import (BestSnapshot, Curves, EarlyStopping, EpochLog, Extension, MetricsCSV, Profiler,
+                         ReduceLROnPlateau, Snapshot, default_extensions)
 from .loop import LoopHooks, evaluate, fit, train_epoch
 from .snapshot import read_checkpoint
 from .state import TrainState, fresh_partial
@@ -28,7 +28,8 @@ from .stop import StopRequest
 
 __all__ = ["CheckpointError", "Interrupted", "NonFiniteError", "OutOfMemoryError", "RunFolderError",
            "TrainingError", "RunFolder",
-           "BestSnapshot", "Curves", "EpochLog", "Extension", "MetricsCSV", "Profiler", "Snapshot",
+           "BestSnapshot", "Curves", "EarlyStopping", "EpochLog", "Extension", "MetricsCSV", "Profiler",
+           "ReduceLROnPlateau", "Snapshot",
            "default_extensions",
            "LoopHooks", "evaluate", "fit", "train_epoch", "read_checkpoint", "TrainState",
            "fresh_partial", "StopRequest"]

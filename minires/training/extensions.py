@@ -156,6 +156,8 @@ class EpochLog(Extension):
     """The line printed at the end of every epoch (``log``: print), and after the first epoch of
     ``fit`` how long the remaining epochs will take."""
 
+    priority = EDITOR + 100  # the epoch's line before what the editors say about it
+
     def __init__(self, log=print):
         self.log = log
 
@@ -203,3 +205,108 @@ def default_extensions(out=None, resumed_from=None, log=print):
     if out is not None:
         extensions += [BestSnapshot(out), Snapshot(out, resumed_from), MetricsCSV(out), Curves(out)]
     return extensions
+
+
+class _Plateau(Extension):
+    """What EarlyStopping and ReduceLROnPlateau share: the best value of ``monitor`` (a column of
+    the metrics row) so far and ``wait``, the epochs since it last improved by more than
+    ``min_delta``. ``mode``: "max" (accuracies), "min" (losses) or "auto" (by the name)."""
+
+    priority = EDITOR
+    main_only = False  # every process decides, on the same summed metrics
+
+    def __init__(self, monitor, patience, mode="auto", min_delta=0.0, log=None):
+        if mode == "auto":
+            mode = "min" if monitor.endswith("loss") else "max"
+        if mode not in ("min", "max"):
+            raise ValueError(f"mode must be 'min', 'max' or 'auto', found {mode!r}")
+        if patience < 1:
+            raise ValueError(f"patience must be at least 1, found {patience}")
+        self.monitor, self.patience, self.mode, self.min_delta = monitor, patience, mode, min_delta
+        self.log = log or (lambda line: None)
+        self.best, self.wait = None, 0
+
+    def _update(self, row):
+        """Take the epoch's row; True when the monitored value has not improved for ``patience`` epochs."""
+        value = row[self.monitor]
+        if self.best is None:
+            improved = True
+        else:
+            improved = (value - self.best if self.mode == "max" else self.best - value) > self.min_delta
+        if improved:
+            self.best, self.wait = value, 0
+        else:
+            self.wait += 1
+        return self.wait >= self.patience
+
+    def state_dict(self):
+        return {} if self.best is None else {"best": float(self.best), "wait": int(self.wait)}
+
+    def load_state_dict(self, state_dict):
+        self.best, self.wait = float(state_dict["best"]), int(state_dict["wait"])
+
+
+class EarlyStopping(_Plateau):
+    """Ends ``fit`` (normally, as if ``epochs`` were reached) when ``monitor`` ("test_acc", or
+    "val_acc" / "val_loss" with a validation split) has not improved for ``patience`` epochs,
+    as Keras's EarlyStopping. ``stop_training`` says that it has."""
+
+    def __init__(self, monitor="test_acc", patience=10, mode="auto", min_delta=0.0, log=None):
+        super().__init__(monitor, patience, mode, min_delta, log)
+        self.stop_training = False
+
+    def initialize(self, state, epochs):
+        self.stop_training = self.wait >= self.patience  # a run that had stopped stays stopped
+
+    def on_epoch_end(self, state, row):
+        if self._update(row):
+            self.stop_training = True
+            self.log(f"early stopping: {self.monitor} has not improved on {self.best:.4f} for "
+                     f"{self.wait} epochs")
+
+
+class ReduceLROnPlateau(_Plateau):
+    """Multiplies the learning rate by ``factor`` when ``monitor`` has not improved for
+    ``patience`` epochs (Keras's and PyTorch's ReduceLROnPlateau), never below ``min_lr``.
+
+    It scales the base lrs of ``schedule`` (an ``optim.LRSchedule``; build this before loading
+    a checkpoint into it, so that it sees the unscaled ones), so the schedule goes on working on
+    top of it: a multistep drop still divides by 10, a cosine still decays. ``scale`` (the
+    product of the reductions so far) is its state, with the best value and the epochs waited;
+    ``min_lr`` bounds the scaled base lr."""
+
+    def __init__(self, schedule, monitor="test_acc", factor=0.1, patience=10, min_lr=0.0, mode="auto",
+                 min_delta=0.0, log=None):
+        super().__init__(monitor, patience, mode, min_delta, log)
+        if not 0 < factor < 1:
+            raise ValueError(f"factor must lie in (0, 1), found {factor}")
+        if not min_lr >= 0:
+            raise ValueError(f"min_lr must be >= 0, found {min_lr}")
+        self.schedule, self.factor, self.min_lr = schedule, factor, min_lr
+        self.base_lrs = list(schedule.base_lrs)
+        self.scale = 1.0
+
+    def _apply(self):
+        """Write the scaled base lrs into the schedule (which sets the optimizer's lr for the
+        iteration it is at)."""
+        self.schedule.load_state_dict({"step": self.schedule.step_count,
+                                       "base_lrs": [lr * self.scale for lr in self.base_lrs]})
+
+    def on_epoch_end(self, state, row):
+        if not self._update(row):
+            return
+        self.wait = 0
+        scale = max(self.scale * self.factor, self.min_lr / self.base_lrs[0])
+        if scale < self.scale * (1 - 1e-12):  # not yet at min_lr
+            self.scale = scale
+            self._apply()
+            self.log(f"reduce lr on plateau: {self.monitor} has not improved on {self.best:.4f} for "
+                     f"{self.patience} epochs; base lr now {self.base_lrs[0] * self.scale:.4g}")
+
+    def state_dict(self):
+        return {**super().state_dict(), "scale": float(self.scale)} if self.best is not None else {}
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        self.scale = float(state_dict["scale"])
+        self._apply()

@@ -214,6 +214,9 @@ def read_checkpoint(path, training=True):
     for k in ("loss_sum", "seconds"):
         check.number(partial[k], f"partial/{k}")
     check.number(checkpoint["best_acc"], "best_acc")
+    for name, entry in check.dict(checkpoint.get("extensions", {}), "extensions").items():
+        for k, value in check.dict(entry, f"extensions/{name}").items():
+            check.number(value, f"extensions/{name}/{k}")
     for j, row in enumerate(check.list(checkpoint["history"], "history")):
         check.dict(row, f"history/{j}", HISTORY_COLUMNS)
         for k in HISTORY_COLUMNS:
