@@ -151,7 +151,8 @@ def build_parser(exit_on_error=True):
     o.add_argument("--plateau-factor", type=float, default=0.1, help="the factor of --reduce-lr-on-plateau")
     o.add_argument("--min-lr", type=float, default=0.0, help="--reduce-lr-on-plateau never takes the base lr below it")
     o.add_argument("--monitor", choices=("acc", "loss"), default="acc",
-                   help="what --early-stopping and --reduce-lr-on-plateau watch: the test accuracy or loss")
+                   help="what --early-stopping and --reduce-lr-on-plateau watch: the accuracy or loss on the "
+                        "--val-split images, or without them the test set's")
     d = p.add_argument_group("data")
     d.add_argument("--data-dir", help="folder holding cifar-10-batches-py/ or cifar-10-python.tar.gz "
                                       "(default: $MINIRES_DATA, then ~/.cache/minires)")
@@ -161,6 +162,10 @@ def build_parser(exit_on_error=True):
     d.add_argument("--no-augment", action="store_true", help="train without crop and flip")
     d.add_argument("--limit-train", type=int, help="train on the first N images only (smoke runs)")
     d.add_argument("--limit-test", type=int, help="evaluate on the first N test images only")
+    d.add_argument("--val-split", type=int, default=0, metavar="N",
+                   help="hold N training images out (a permutation drawn from --seed) and evaluate them every "
+                        "epoch; best.npz, --early-stopping and --reduce-lr-on-plateau then watch them, and the "
+                        "test set is only reported (the paper chose its schedule on 45k/5k)"),
     r = p.add_argument_group("run")
     r.add_argument("--backend", choices=("numpy", "cupy"), default=None,
                    help="array backend (default: $MINIRES_BACKEND or numpy)")
@@ -233,6 +238,8 @@ def check_args(args):
     _check_range(args, "min_lr", 0, MAX_LR)
     if args.nesterov and args.optimizer != "sgd":
         raise ValueError(f"--nesterov is SGD's momentum; --optimizer {args.optimizer} has none")
+    if args.val_split < 0:
+        raise ValueError(f"--val-split must not be negative, got {args.val_split}")
     if args.seed < 0:
         raise ValueError(f"--seed must be a non-negative integer, got {args.seed}")
     if (args.warmup or 0) < 0:
@@ -284,7 +291,7 @@ def check_size(args):
 # statistics of the first --limit-train images; and the saved data position counts batches of
 # one --batch-size in an order drawn from --seed (with or without augmentation), so continuing
 # it with other values would silently train on other images than the stopped run would have.
-SAME_INPUTS = ("limit_train", "normalization")
+SAME_INPUTS = ("limit_train", "normalization", "val_split")
 SAME_BATCHES = ("batch_size", "seed", "no_augment")
 # The optimizer state it holds (momentum buffers, or Adam's moments) is one optimizer's.
 SAME_OPTIMIZER = ("optimizer",)
@@ -364,15 +371,15 @@ def build_extensions(args, out, resumed_from, schedule):
     --reduce-lr-on-plateau and --early-stopping, decide on the lr and on stopping; print its
     line, save best.npz and last.npz, write metrics.csv and curves.png; with --profile, the
     per-op time table at the end."""
-    monitor = "test_" + args.monitor
+    monitor = ("val_" if args.val_split else "test_") + args.monitor
     extensions = []
     if args.reduce_lr_on_plateau:
         extensions.append(ext.ReduceLROnPlateau(schedule, monitor, args.plateau_factor, args.reduce_lr_on_plateau,
                                                 args.min_lr, log=print))
     if args.early_stopping:
         extensions.append(ext.EarlyStopping(monitor, args.early_stopping, log=print))
-    extensions += [ext.EpochLog(), ext.BestSnapshot(out), ext.Snapshot(out, resumed_from), ext.MetricsCSV(out),
-                   ext.Curves(out)]
+    best = ext.BestSnapshot(out, monitor="val_acc" if args.val_split else "test_acc")
+    extensions += [ext.EpochLog(), best, ext.Snapshot(out, resumed_from), ext.MetricsCSV(out), ext.Curves(out)]
     if args.profile:
         extensions.append(ext.Profiler())
     return extensions
@@ -485,7 +492,7 @@ def run(args, checkpoint=None, comm=None):
     train_loader, test_loader, info = make_cifar10_loaders(
         args.data_dir, args.batch_size, args.seed, limit_train=args.limit_train, limit_test=args.limit_test,
         normalization=args.normalization, dtype=args.dtype, download=args.download, augment=not args.no_augment,
-        **shard)
+        val_split=args.val_split, **shard)
     if comm is not None:  # before the first exchange of arrays, whose sizes would differ
         distributed.check_agreement(comm, agreement_fields(args, info, [("training", train_loader),
                                                                         ("test", test_loader)]))
@@ -505,8 +512,10 @@ def run(args, checkpoint=None, comm=None):
     if comm is not None:
         distributed.broadcast_state(model, comm)  # rank 0's weights everywhere, whatever each drew
     n_params = sum(p.size for p in model.parameters())
+    held_out = f"{info['n_val']:,} validation / " if args.val_split else ""
     print(f"{name}: {n_params:,} parameters on {backend.get_backend()} ({args.dtype}); "
-          f"{info['n_train']:,} training / {info['n_test']:,} test images from {info['data_dir']}", flush=True)
+          f"{info['n_train']:,} training / {held_out}{info['n_test']:,} test images from {info['data_dir']}",
+          flush=True)
     if comm is not None:
         fewest, most = args.batch_size // comm.size, -(-args.batch_size // comm.size)
         print(f"data parallel on {comm.size} process{'es' if comm.size > 1 else ''} ({type(comm).__name__}): "
@@ -539,7 +548,7 @@ def run(args, checkpoint=None, comm=None):
             write_config(os.path.join(out, "config.json"), state.config)
         history = fit(state, test_loader, args.epochs, out=out, label_smoothing=args.label_smoothing,
                       progress=not args.no_progress, hooks=hooks, resumed_from=path,
-                      extensions=build_extensions(args, out, path, schedule))
+                      extensions=build_extensions(args, out, path, schedule), val_loader=info.get("val_loader"))
     except NonFiniteError as e:
         raise NonFiniteError(f"{e}; try a lower --lr (now {args.lr:g}) or --warmup, {restart_hint(e.checkpoint)}",
                              e.checkpoint) from None

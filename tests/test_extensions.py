@@ -244,3 +244,50 @@ def test_help_documents_the_new_flags(capsys):
     for flag in ("--early-stopping", "--reduce-lr-on-plateau", "--plateau-factor", "--min-lr", "--monitor",
                  "--profile"):
         assert flag in text
+
+
+# --- a validation split (--val-split) -------------------------------------------------------
+
+def test_a_validation_split_is_held_out_of_the_training_images(tiny_cifar10_dir):
+    from minires.data import make_cifar10_loaders
+    train, _, info = make_cifar10_loaders(tiny_cifar10_dir, 16, seed=3, limit_train=64, val_split=16)
+    whole, _, _ = make_cifar10_loaders(tiny_cifar10_dir, 16, seed=3, limit_train=64)
+    val = info["val_loader"]
+    assert (info["n_train"], info["n_val"], len(train.x), len(val.x)) == (48, 16, 48, 16)
+    images = lambda x: [bytes(row) for row in np.ascontiguousarray(x).reshape(len(x), -1)]
+    assert sorted(images(train.x) + images(val.x)) == sorted(images(whole.x))  # a partition
+    again = make_cifar10_loaders(tiny_cifar10_dir, 16, seed=3, limit_train=64, val_split=16)[2]["val_loader"]
+    other = make_cifar10_loaders(tiny_cifar10_dir, 16, seed=4, limit_train=64, val_split=16)[2]["val_loader"]
+    assert images(again.x) == images(val.x) and images(other.x) != images(val.x)  # seeded
+    assert val.shuffle is False
+    with pytest.raises(ValueError, match="val_split must lie in"):
+        make_cifar10_loaders(tiny_cifar10_dir, 16, limit_train=64, val_split=64)
+
+
+def test_the_cli_watches_the_validation_split(tiny_cifar10_dir, tmp_path, capsys, _restore_globals):
+    argv = [*TINY, "--data-dir", tiny_cifar10_dir, "--val-split", 16, "--schedule", "constant", "--lr", 0.05,
+            "--early-stopping", 5, "--monitor", "loss"]
+    assert run_main(*argv, "--epochs", 2, "--out", tmp_path / "straight") == 0
+    text = capsys.readouterr().out
+    assert "48 training / 16 validation / 32 test images" in text and "val loss" in text
+    rows = json_rows(tmp_path / "straight")
+    assert list(rows[0])[:5] == ["epoch", "train_loss", "train_acc", "val_loss", "val_acc"]
+    best = load(tmp_path / "straight" / "best.npz")
+    accs = [r["val_acc"] for r in rows]
+    assert best["val_acc"] == max(accs) and best["epoch"] == 1 + accs.index(max(accs))
+    stopper = load(tmp_path / "straight" / "last.npz")["extensions"]["EarlyStopping"]
+    assert stopper["best"] == min(r["val_loss"] for r in rows)  # the validation loss, not the test loss
+    # resumed after one epoch: exactly the straight run's numbers
+    assert run_main(*argv, "--epochs", 1, "--out", tmp_path / "resumed") == 0
+    assert run_main(*argv, "--epochs", 2, "--resume", tmp_path / "resumed") == 0
+    timing = ("seconds", "images_per_s")
+    assert [{k: v for k, v in r.items() if k not in timing} for r in json_rows(tmp_path / "resumed")] == \
+           [{k: v for k, v in r.items() if k not in timing} for r in rows]
+    # another split would train on other images: refused
+    capsys.readouterr()
+    assert run_main(*argv, "--epochs", 3, "--resume", tmp_path / "resumed", "--val-split", 8) == 2
+    assert "was made with --val-split=16, this run has --val-split=8" in capsys.readouterr().err
+
+
+def json_rows(out):
+    return load(out / "last.npz")["history"]

@@ -190,7 +190,7 @@ def train_epoch(state, stop, epochs, label_smoothing=0.0, progress=True, hooks=N
 
 
 def fit(state, test_loader, epochs, out=None, label_smoothing=0.0, progress=True, hooks=None,
-        resumed_from=None, log=print, extensions=None):
+        resumed_from=None, log=print, extensions=None, val_loader=None):
     """Train ``state`` (a TrainState) until ``state.epoch == epochs``, evaluating on
     ``test_loader`` after every epoch. Returns ``state.history`` (one metrics row per epoch).
 
@@ -201,6 +201,8 @@ def fit(state, test_loader, epochs, out=None, label_smoothing=0.0, progress=True
     ``out/metrics.csv`` and ``out/curves.png``. On a process that is not the main one (see
     LoopHooks) only the extensions without ``main_only`` run. ``resumed_from``: the checkpoint
     the state was loaded from (the one to go back to should the run fail before it saves its own).
+    ``val_loader``: images held out of the training set, evaluated after every epoch too (the
+    row's "val_loss" and "val_acc", which extensions can watch instead of the test set's).
 
     ``out`` (a folder) is held while the run goes (``folder``): RunFolderError when another
     process holds it, or when a state that has not trained yet, or one resumed from another
@@ -238,14 +240,16 @@ def fit(state, test_loader, epochs, out=None, label_smoothing=0.0, progress=True
         try:
             for e in running:
                 e.initialize(state, epochs)
-            _run_epochs(state, test_loader, epochs, label_smoothing, progress, hooks, running, stop, snapshots, good)
+            _run_epochs(state, test_loader, val_loader, epochs, label_smoothing, progress, hooks, running, stop,
+                        snapshots, good)
         finally:
             for e in running:
                 e.finalize(state)
     return state.history
 
 
-def _run_epochs(state, test_loader, epochs, label_smoothing, progress, hooks, extensions, stop, snapshots, good):
+def _run_epochs(state, test_loader, val_loader, epochs, label_smoothing, progress, hooks, extensions, stop,
+                snapshots, good):
     """The epochs of ``fit``."""
     per_iteration = [e for e in extensions if e.trigger[1] == "iteration"]
     while state.epoch < epochs and not any(getattr(e, "stop_training", False) for e in extensions):
@@ -262,18 +266,20 @@ def _run_epochs(state, test_loader, epochs, label_smoothing, progress, hooks, ex
         except TrainingError as e:
             e.checkpoint = good()
             raise
+        val = evaluate(state.model, val_loader, label_smoothing, hooks) if val_loader is not None else None
         test_loss, test_acc = evaluate(state.model, test_loader, label_smoothing, hooks)
-        if not math.isfinite(test_loss):
-            # The training loss can stay finite while the weights or the BatchNorm running
-            # statistics overflow; such a model must not replace the last good checkpoint.
-            raise NonFiniteError(f"the test loss became {test_loss} after epoch {state.epoch + 1}",
-                                 checkpoint=good())
+        for what, loss in (("validation", val[0] if val else 0.0), ("test", test_loss)):
+            if not math.isfinite(loss):
+                # The training loss can stay finite while the weights or the BatchNorm running
+                # statistics overflow; such a model must not replace the last good checkpoint.
+                raise NonFiniteError(f"the {what} loss became {loss} after epoch {state.epoch + 1}",
+                                     checkpoint=good())
         partial = state.partial
         sums = [partial["loss_sum"], partial["correct"], partial["seen"]]
         # The lr of the epoch's last iteration. The optimizer already holds the next
         # iteration's, which is a tenth of it when a multistep drop falls on the boundary.
         row = epoch_row(state.epoch + 1, sums, partial["seconds"],
-                        state.schedule.lr_at(state.schedule.step_count - 1), test_loss, test_acc)
+                        state.schedule.lr_at(state.schedule.step_count - 1), test_loss, test_acc, val)
         state.history.append(row)
         state.epoch, state.partial = state.epoch + 1, fresh_partial()
         state.best_acc = max(state.best_acc, test_acc)
