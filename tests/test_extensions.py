@@ -291,3 +291,33 @@ def test_the_cli_watches_the_validation_split(tiny_cifar10_dir, tmp_path, capsys
 
 def json_rows(out):
     return load(out / "last.npz")["history"]
+
+
+# --- distributed plugs in without importing training ----------------------------------------
+
+def _package_imports(package):
+    """The minires packages and modules (two levels: minires.x) that ``package``'s files import."""
+    import os
+    from test_bn_reduce import imports_of
+    folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), *package.split("."))
+    imported = set()
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".py"):
+            with open(os.path.join(folder, name)) as f:
+                imported.update(m for m in imports_of(f.read(), package) if m.split(".")[0] == "minires")
+    return {".".join(m.split(".")[:2]) for m in imported}
+
+
+def test_training_and_distributed_do_not_import_each_other():
+    assert "minires.training" not in _package_imports("minires.distributed")
+    assert "minires.distributed" not in _package_imports("minires.training")
+
+
+def test_data_parallel_hooks_meet_the_loops_hook_protocol_without_subclassing():
+    from minires.distributed import DataParallelHooks
+    from minires.training import LoopHooks
+    assert not issubclass(DataParallelHooks, LoopHooks)
+    for name in ("after_backward", "any", "sum"):
+        assert callable(getattr(DataParallelHooks, name)), name
+    source = __import__("inspect").getsource(DataParallelHooks.__init__)
+    assert "self.is_main =" in source and "self.forward_without_images =" in source

@@ -32,8 +32,9 @@ class LoopHooks:
     """Where a variant of the loop plugs in. These defaults are those of a single process.
 
     A data-parallel run (one process per device, ranks 0 .. size-1, each with its own shard of
-    the data) subclasses it and passes an instance as ``hooks=`` to ``fit``, ``train_epoch``
-    and ``evaluate``:
+    the data) passes as ``hooks=`` to ``fit``, ``train_epoch`` and ``evaluate`` an object with
+    these attributes (a subclass, or any class that has them all, as
+    ``minires.distributed.DataParallelHooks``, which does not import ``training``):
 
     - ``is_main``: False on every process but rank 0. Such a process writes no file (no
       checkpoint, metrics.csv or curves.png), shows no progress bar and prints nothing.
