@@ -10,7 +10,8 @@ label smoothing 0.1, per-channel standardisation; options written beside it win.
 
 Everything a run produces goes to ``--out``: metrics.csv (one row per epoch), config.json,
 last.npz (model, optimizer, schedule, data position; written atomically at every epoch end and
-on Ctrl-C), best.npz (the weights with the best test accuracy) and curves.png when matplotlib
+on Ctrl-C), best.npz (the weights with the best test accuracy, or with --val-split the best
+validation accuracy) and curves.png when matplotlib
 is installed. ``--resume OUT/last.npz`` continues a run exactly where it stopped (and writes
 to OUT unless --out says otherwise). One run per folder: an OUT that holds another run's files is
 refused unless this run resumes that one, and so is an OUT that a live run holds (OUT/.lock).
@@ -25,8 +26,9 @@ takes its share, and the run computes what one process would (exactly so with --
 rank 0 prints and writes files; checkpoints move freely between 1-process and N-process runs.
 
 This file is the command line only: it checks the options, builds the model, data, optimizer
-and schedule, and hands them to ``minires.training.fit`` (the loop and its pieces: snapshot,
-metrics, curves, progress bar, NaN guard, Ctrl-C).
+and schedule, composes the extensions (``build_extensions``: snapshot, best.npz, metrics, curves,
+epoch log, and on request profiler, early stopping, lr on plateau) and hands them to
+``minires.training.fit`` (the loop: progress bar, NaN guard, Ctrl-C).
 """
 import argparse
 import math
