@@ -116,7 +116,8 @@ def _profile_whole_process():
 
     def report():
         if prof.seconds:
-            # The training loop times each optimizer update as a section: one per step.
+            # A loop that times each optimizer update as section("optimizer") gets per-step figures
+            # (minires.train --profile counts its iterations itself).
             steps = prof.calls.get(("optimizer", "total"))
             what = f"per step over {steps} steps" if steps else "whole run"
             print(f"\nminires profile (MINIRES_PROFILE=1), {what}:\n" + prof.table(steps), file=sys.stderr)

@@ -10,7 +10,8 @@ label smoothing 0.1, per-channel standardisation; options written beside it win.
 
 Everything a run produces goes to ``--out``: metrics.csv (one row per epoch), config.json,
 last.npz (model, optimizer, schedule, data position; written atomically at every epoch end and
-on Ctrl-C), best.npz (the weights with the best test accuracy) and curves.png when matplotlib
+on Ctrl-C), best.npz (the weights with the best test accuracy, or with --val-split the best
+validation accuracy) and curves.png when matplotlib
 is installed. ``--resume OUT/last.npz`` continues a run exactly where it stopped (and writes
 to OUT unless --out says otherwise). One run per folder: an OUT that holds another run's files is
 refused unless this run resumes that one, and so is an OUT that a live run holds (OUT/.lock).
@@ -25,8 +26,9 @@ takes its share, and the run computes what one process would (exactly so with --
 rank 0 prints and writes files; checkpoints move freely between 1-process and N-process runs.
 
 This file is the command line only: it checks the options, builds the model, data, optimizer
-and schedule, and hands them to ``minires.training.fit`` (the loop and its pieces: snapshot,
-metrics, curves, progress bar, NaN guard, Ctrl-C).
+and schedule, composes the extensions (``build_extensions``: snapshot, best.npz, metrics, curves,
+epoch log, and on request profiler, early stopping, lr on plateau) and hands them to
+``minires.training.fit`` (the loop: progress bar, NaN guard, Ctrl-C).
 """
 import argparse
 import math
@@ -44,6 +46,7 @@ from .rng import manual_seed
 from .optim import SGD, Adam, AdamW, ConstantLR, CosineLR, MultiStepLR
 from .training import (CheckpointError, Interrupted, NonFiniteError, OutOfMemoryError, TrainingError,
                        TrainState, evaluate, fit, read_checkpoint)
+from .training import extensions as ext
 from .training.confusion import class_table, plot_confusion
 from .training.folder import RunFolder, same_folder
 from .training.guard import non_finite
@@ -142,6 +145,16 @@ def build_parser(exit_on_error=True):
                         "(default: 400 for depth >= 110 with sgd as in the paper, else 0)")
     o.add_argument("--warmup-lr", type=float, default=0.01, help="learning rate during the warm-up")
     o.add_argument("--label-smoothing", type=float, default=0.0, help="label smoothing of the cross-entropy")
+    o.add_argument("--early-stopping", type=int, metavar="PATIENCE",
+                   help="stop when the --monitor metric has not improved for PATIENCE epochs (Keras's EarlyStopping)")
+    o.add_argument("--reduce-lr-on-plateau", type=int, metavar="PATIENCE",
+                   help="multiply the lr by --plateau-factor when the --monitor metric has not improved for "
+                        "PATIENCE epochs (on top of --schedule, which keeps working)")
+    o.add_argument("--plateau-factor", type=float, default=0.1, help="the factor of --reduce-lr-on-plateau")
+    o.add_argument("--min-lr", type=float, default=0.0, help="--reduce-lr-on-plateau never takes the base lr below it")
+    o.add_argument("--monitor", choices=("acc", "loss"), default="acc",
+                   help="what --early-stopping and --reduce-lr-on-plateau watch: the accuracy or loss on the "
+                        "--val-split images, or without them the test set's")
     d = p.add_argument_group("data")
     d.add_argument("--data-dir", help="folder holding cifar-10-batches-py/ or cifar-10-python.tar.gz "
                                       "(default: $MINIRES_DATA, then ~/.cache/minires)")
@@ -151,6 +164,10 @@ def build_parser(exit_on_error=True):
     d.add_argument("--no-augment", action="store_true", help="train without crop and flip")
     d.add_argument("--limit-train", type=int, help="train on the first N images only (smoke runs)")
     d.add_argument("--limit-test", type=int, help="evaluate on the first N test images only")
+    d.add_argument("--val-split", type=int, default=0, metavar="N",
+                   help="hold N training images out (a permutation drawn from --seed) and evaluate them every "
+                        "epoch; best.npz, --early-stopping and --reduce-lr-on-plateau then watch them, and the "
+                        "test set is only reported (the paper chose its schedule on 45k/5k)"),
     r = p.add_argument_group("run")
     r.add_argument("--backend", choices=("numpy", "cupy"), default=None,
                    help="array backend (default: $MINIRES_BACKEND or numpy)")
@@ -166,6 +183,8 @@ def build_parser(exit_on_error=True):
     r.add_argument("--pretrained", metavar="NAME",
                    help="with --eval-only: the weights that ship with minires for model NAME (e.g. resnet20)")
     r.add_argument("--no-progress", action="store_true", help="no per-batch progress bar")
+    r.add_argument("--profile", action="store_true",
+                   help="time every op's forward and backward and print the table per iteration at the end")
     g = p.add_argument_group("data-parallel training (start N processes with mpiexec -n N)")
     g.add_argument("--distributed", action="store_true",
                    help="be one process of an mpiexec job: MPI between CPU processes, NCCL between GPUs with "
@@ -208,7 +227,7 @@ def check_args(args):
     for name in ("epochs", "batch_size"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    for name in ("limit_train", "limit_test"):
+    for name in ("limit_train", "limit_test", "early_stopping", "reduce_lr_on_plateau"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     _check_range(args, "lr", 0, MAX_LR, low_open=True, high_open=False)
@@ -217,8 +236,12 @@ def check_args(args):
     _check_range(args, "weight_decay", 0, 1)
     _check_range(args, "label_smoothing", 0, 1)
     _check_range(args, "eps", 0, 1, low_open=True)
+    _check_range(args, "plateau_factor", 0, 1, low_open=True)
+    _check_range(args, "min_lr", 0, MAX_LR)
     if args.nesterov and args.optimizer != "sgd":
         raise ValueError(f"--nesterov is SGD's momentum; --optimizer {args.optimizer} has none")
+    if args.val_split < 0:
+        raise ValueError(f"--val-split must not be negative, got {args.val_split}")
     if args.seed < 0:
         raise ValueError(f"--seed must be a non-negative integer, got {args.seed}")
     if (args.warmup or 0) < 0:
@@ -270,7 +293,7 @@ def check_size(args):
 # statistics of the first --limit-train images; and the saved data position counts batches of
 # one --batch-size in an order drawn from --seed (with or without augmentation), so continuing
 # it with other values would silently train on other images than the stopped run would have.
-SAME_INPUTS = ("limit_train", "normalization")
+SAME_INPUTS = ("limit_train", "normalization", "val_split")
 SAME_BATCHES = ("batch_size", "seed", "no_augment")
 # The optimizer state it holds (momentum buffers, or Adam's moments) is one optimizer's.
 SAME_OPTIMIZER = ("optimizer",)
@@ -345,6 +368,25 @@ def build_schedule(args, optimizer, total_steps):
     return ConstantLR(optimizer, **common)
 
 
+def build_extensions(args, out, resumed_from, schedule):
+    """What the run does at the end of every epoch (``minires.training.extensions``): with
+    --reduce-lr-on-plateau and --early-stopping, decide on the lr and on stopping; print its
+    line, save best.npz and last.npz, write metrics.csv and curves.png; with --profile, the
+    per-op time table at the end."""
+    monitor = ("val_" if args.val_split else "test_") + args.monitor
+    extensions = []
+    if args.reduce_lr_on_plateau:
+        extensions.append(ext.ReduceLROnPlateau(schedule, monitor, args.plateau_factor, args.reduce_lr_on_plateau,
+                                                args.min_lr, log=print))
+    if args.early_stopping:
+        extensions.append(ext.EarlyStopping(monitor, args.early_stopping, log=print))
+    best = ext.BestSnapshot(out, monitor="val_acc" if args.val_split else "test_acc")
+    extensions += [ext.EpochLog(), best, ext.Snapshot(out, resumed_from), ext.MetricsCSV(out), ext.Curves(out)]
+    if args.profile:
+        extensions.append(ext.Profiler())
+    return extensions
+
+
 def checkpoint_path(resume):
     """--resume names a checkpoint file or the folder of a run (then its last.npz)."""
     return os.path.join(resume, "last.npz") if os.path.isdir(resume) else resume
@@ -360,7 +402,7 @@ def restart_hint(good):
 # What each process of a --distributed job may set for itself: the folder only rank 0 writes,
 # how it shows progress and how long it waits, where its machine keeps the data (the data
 # themselves are compared). --resume is compared as given or not: only rank 0 reads the file.
-_PER_PROCESS = {"out", "no_progress", "dist_timeout", "data_dir", "download", "distributed"}
+_PER_PROCESS = {"out", "no_progress", "profile", "dist_timeout", "data_dir", "download", "distributed"}
 
 
 def agreement_fields(args, info=None, loaders=()):
@@ -452,7 +494,7 @@ def run(args, checkpoint=None, comm=None):
     train_loader, test_loader, info = make_cifar10_loaders(
         args.data_dir, args.batch_size, args.seed, limit_train=args.limit_train, limit_test=args.limit_test,
         normalization=args.normalization, dtype=args.dtype, download=args.download, augment=not args.no_augment,
-        **shard)
+        val_split=args.val_split, **shard)
     if comm is not None:  # before the first exchange of arrays, whose sizes would differ
         distributed.check_agreement(comm, agreement_fields(args, info, [("training", train_loader),
                                                                         ("test", test_loader)]))
@@ -472,8 +514,10 @@ def run(args, checkpoint=None, comm=None):
     if comm is not None:
         distributed.broadcast_state(model, comm)  # rank 0's weights everywhere, whatever each drew
     n_params = sum(p.size for p in model.parameters())
+    held_out = f"{info['n_val']:,} validation / " if args.val_split else ""
     print(f"{name}: {n_params:,} parameters on {backend.get_backend()} ({args.dtype}); "
-          f"{info['n_train']:,} training / {info['n_test']:,} test images from {info['data_dir']}", flush=True)
+          f"{info['n_train']:,} training / {held_out}{info['n_test']:,} test images from {info['data_dir']}",
+          flush=True)
     if comm is not None:
         fewest, most = args.batch_size // comm.size, -(-args.batch_size // comm.size)
         print(f"data parallel on {comm.size} process{'es' if comm.size > 1 else ''} ({type(comm).__name__}): "
@@ -505,7 +549,8 @@ def run(args, checkpoint=None, comm=None):
         if is_main:
             write_config(os.path.join(out, "config.json"), state.config)
         history = fit(state, test_loader, args.epochs, out=out, label_smoothing=args.label_smoothing,
-                      progress=not args.no_progress, hooks=hooks, resumed_from=path)
+                      progress=not args.no_progress, hooks=hooks, resumed_from=path,
+                      extensions=build_extensions(args, out, path, schedule), val_loader=info.get("val_loader"))
     except NonFiniteError as e:
         raise NonFiniteError(f"{e}; try a lower --lr (now {args.lr:g}) or --warmup, {restart_hint(e.checkpoint)}",
                              e.checkpoint) from None
@@ -514,6 +559,8 @@ def run(args, checkpoint=None, comm=None):
     finally:
         if folder is not None:
             folder.release()
+    if state.epoch < args.epochs:
+        print(f"stopped early after epoch {state.epoch} of {args.epochs} (--early-stopping {args.early_stopping})")
     print(f"done: final test accuracy {100 * history[-1]['test_acc']:.2f}% "
           f"(best {100 * state.best_acc:.2f}%); metrics and checkpoints in {out}")
     return history[-1]
@@ -521,7 +568,7 @@ def run(args, checkpoint=None, comm=None):
 
 # What a resumed run never takes from its checkpoint: where to resume from, and how to show and
 # run it (a run of N processes may go on in one, and back).
-_NOT_INHERITED = {"resume", "eval_only", "out", "no_progress", "distributed", "dist_timeout"}
+_NOT_INHERITED = {"resume", "eval_only", "out", "no_progress", "profile", "distributed", "dist_timeout"}
 
 
 def config_defaults(parser, config, path):

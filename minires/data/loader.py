@@ -147,7 +147,7 @@ class ArrayLoader:
 
 def make_cifar10_loaders(data_dir=None, batch_size=128, seed=0, limit_train=None,
                          normalization="pixel_mean", backend=None, dtype="float32",
-                         download=False, limit_test=None, augment=True, rank=0, world_size=1):
+                         download=False, limit_test=None, augment=True, rank=0, world_size=1, val_split=0):
     """CIFAR-10 train and test loaders with the paper's preprocessing.
 
     Train: shuffled, augmented (pad 4, crop, flip), partial last batch kept. Test: in order, no
@@ -157,8 +157,14 @@ def make_cifar10_loaders(data_dir=None, batch_size=128, seed=0, limit_train=None
     the first test images only. ``rank`` of ``world_size``: both loaders yield that rank's
     slice of every batch (data-parallel training; see ``ArrayLoader``).
 
+    ``val_split``: hold this many of the (first ``limit_train``) training images out for
+    validation, chosen by a permutation drawn from ``seed`` (the paper chose its schedule on
+    45k/5k); the statistics then come from the rest, and ``info["val_loader"]`` evaluates them
+    as the test loader does.
+
     Returns ``(train_loader, test_loader, info)``; info holds "data_dir", "classes",
-    "normalization", "mean", "std" (NumPy float64, 0..255 scale, or None), "n_train", "n_test".
+    "normalization", "mean", "std" (NumPy float64, 0..255 scale, or None), "n_train", "n_test",
+    and with a split "n_val" and "val_loader".
     """
     folder = find_cifar10(data_dir, download=download)
     x_train, y_train, x_test, y_test = load_cifar10(folder)
@@ -166,6 +172,12 @@ def make_cifar10_loaders(data_dir=None, batch_size=128, seed=0, limit_train=None
         x_train, y_train = x_train[:limit_train], y_train[:limit_train]
     if limit_test is not None:
         x_test, y_test = x_test[:limit_test], y_test[:limit_test]
+    if not 0 <= val_split < len(x_train):
+        raise ValueError(f"val_split must lie in [0, {len(x_train)}) (the training images), found {val_split}")
+    if val_split:
+        order = numpy.random.default_rng(seed).permutation(len(x_train))
+        held, kept = numpy.sort(order[:val_split]), numpy.sort(order[val_split:])
+        x_val, y_val, x_train, y_train = x_train[held], y_train[held], x_train[kept], y_train[kept]
     mean, std = training_stats(x_train, normalization)
 
     classes = load_class_names(folder)
@@ -176,6 +188,8 @@ def make_cifar10_loaders(data_dir=None, batch_size=128, seed=0, limit_train=None
     info = {"data_dir": str(folder), "classes": classes,
             "normalization": normalization, "mean": mean, "std": std,
             "n_train": int(x_train.shape[0]), "n_test": int(x_test.shape[0])}
+    if val_split:
+        info.update(n_val=int(x_val.shape[0]), val_loader=ArrayLoader(x_val, y_val, batch_size, **common))
     return train, test, info
 
 

@@ -1,6 +1,8 @@
-"""The training loop's hooks (``minires.training.LoopHooks``) for data-parallel training.
+"""The training loop's hooks for data-parallel training.
 
-``minires.train --distributed`` passes them to ``fit``; each is one or two collectives:
+``minires.train --distributed`` passes them to ``fit``. They are the loop's hook protocol
+(``minires.training.LoopHooks`` documents it) met by duck typing: ``distributed`` does not import
+``training``, both sit on top of the layers below. Each hook is one or two collectives:
 
 - after every backward: the gradients become the share-weighted sum over the ranks (the
   gradient of the whole batch's mean loss), and rank 0's BatchNorm buffers are copied to all;
@@ -10,11 +12,10 @@
 - ``is_main``: only rank 0 writes files and shows progress.
 """
 from ..nn import SyncBatchNorm
-from ..training import LoopHooks
 from .data_parallel import GradientAllreducer, broadcast_buffers
 
 
-class DataParallelHooks(LoopHooks):
+class DataParallelHooks:
     """Hooks that keep ``model`` identical on every rank of ``comm`` through training."""
 
     def __init__(self, model, comm, bucket_mb=25.0):

@@ -6,7 +6,10 @@ a reader finds each in one place.
   stop flags combined across processes).
 - ``state``: ``TrainState``, the resumable state as one object (``state_dict`` /
   ``load_state_dict``).
-- ``snapshot``: last.npz and best.npz, never written with non-finite numbers;
+- ``extensions``: what ``fit`` does besides training, one extension each, called after every
+  epoch: ``Snapshot`` (last.npz), ``BestSnapshot`` (best.npz), ``MetricsCSV``, ``Curves``,
+  ``EpochLog``, ``Profiler``, ``EarlyStopping``, ``ReduceLROnPlateau``.
+- ``snapshot``: writing last.npz and best.npz, never with non-finite numbers;
   ``read_checkpoint`` checks a checkpoint file before it is used.
 - ``metrics``: metrics.csv and config.json. ``curves``: curves.png (with matplotlib).
 - ``folder``: ``RunFolder``, one run at a time in an output folder, never over another run.
@@ -16,12 +19,17 @@ a reader finds each in one place.
 """
 from .errors import CheckpointError, Interrupted, NonFiniteError, OutOfMemoryError, RunFolderError, TrainingError
 from .folder import RunFolder
+from .extensions import (BestSnapshot, Curves, EarlyStopping, EpochLog, Extension, MetricsCSV, Profiler,
+                         ReduceLROnPlateau, Snapshot, default_extensions)
 from .loop import LoopHooks, evaluate, fit, train_epoch
-from .snapshot import Snapshot, read_checkpoint
+from .snapshot import read_checkpoint
 from .state import TrainState, fresh_partial
 from .stop import StopRequest
 
 __all__ = ["CheckpointError", "Interrupted", "NonFiniteError", "OutOfMemoryError", "RunFolderError",
            "TrainingError", "RunFolder",
-           "LoopHooks", "evaluate", "fit", "train_epoch", "Snapshot", "read_checkpoint", "TrainState",
+           "BestSnapshot", "Curves", "EarlyStopping", "EpochLog", "Extension", "MetricsCSV", "Profiler",
+           "ReduceLROnPlateau", "Snapshot",
+           "default_extensions",
+           "LoopHooks", "evaluate", "fit", "train_epoch", "read_checkpoint", "TrainState",
            "fresh_partial", "StopRequest"]

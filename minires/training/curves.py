@@ -15,6 +15,9 @@ def plot_curves(path, history):
     # Markers, so that a run of one epoch shows its points instead of empty axes.
     style = dict(marker="o", markersize=3)
     ax1.plot(epochs, [h["train_loss"] for h in history], label="train", **style)
+    if "val_loss" in history[0]:
+        ax1.plot(epochs, [h["val_loss"] for h in history], label="validation", **style)
+        ax2.plot(epochs, [100 * h["val_acc"] for h in history], label="validation", **style)
     ax1.plot(epochs, [h["test_loss"] for h in history], label="test", **style)
     ax1.set_xlabel("epoch"), ax1.set_ylabel("loss"), ax1.legend()
     # Accuracy, as the epoch log prints it.

@@ -1,15 +1,15 @@
 """The training loop: ``fit`` runs epochs of ``train_epoch`` and ``evaluate`` on a ``TrainState``.
 
 It takes plain values (no command-line arguments) and does only the loop; the pieces it calls
-each live in their own module: ``snapshot`` (last.npz / best.npz), ``metrics`` (metrics.csv),
-``curves`` (curves.png), ``progress`` (the bar), ``guard`` (nan/inf), ``stop`` (Ctrl-C).
+each live in their own module: ``progress`` (the bar), ``guard`` (nan/inf), ``stop`` (Ctrl-C).
+Everything else (last.npz, best.npz, metrics.csv, curves.png, the epoch line) is done by the
+``extensions`` it is given.
 
 A variant of the loop, such as data-parallel training over several processes, plugs in through
 ``LoopHooks`` rather than by copying it.
 """
 import contextlib
 import math
-import os
 import time
 
 import numpy
@@ -18,14 +18,12 @@ from .. import functional as F
 from ..backend import to_numpy
 from ..autograd import Tensor, no_grad
 from ..nn import fuse_conv_bn
-from ..profiler import section
-from .curves import plot_curves
 from .errors import Interrupted, NonFiniteError, OutOfMemoryError, TrainingError
+from .extensions import Snapshot, default_extensions, epoch_triggered, iteration_triggered
 from .folder import RunFolder, same_folder
 from .guard import check_loss
-from .metrics import epoch_row, format_row, write_metrics
+from .metrics import epoch_row
 from .progress import progress_bar
-from .snapshot import Snapshot
 from .state import fresh_partial
 from .stop import StopRequest
 
@@ -34,8 +32,9 @@ class LoopHooks:
     """Where a variant of the loop plugs in. These defaults are those of a single process.
 
     A data-parallel run (one process per device, ranks 0 .. size-1, each with its own shard of
-    the data) subclasses it and passes an instance as ``hooks=`` to ``fit``, ``train_epoch``
-    and ``evaluate``:
+    the data) passes as ``hooks=`` to ``fit``, ``train_epoch`` and ``evaluate`` an object with
+    these attributes (a subclass, or any class that has them all, as
+    ``minires.distributed.DataParallelHooks``, which does not import ``training``):
 
     - ``is_main``: False on every process but rank 0. Such a process writes no file (no
       checkpoint, metrics.csv or curves.png), shows no progress bar and prints nothing.
@@ -110,12 +109,13 @@ def evaluate(model, loader, label_smoothing=0.0, hooks=None, confusion=None):
     return total_loss / seen, correct / seen
 
 
-def train_epoch(state, stop, epochs, label_smoothing=0.0, progress=True, hooks=None):
+def train_epoch(state, stop, epochs, label_smoothing=0.0, progress=True, hooks=None, extensions=()):
     """One pass over ``state.loader`` (from where it stands: a resumed run may start mid-epoch).
 
     ``state.partial`` holds the epoch's running sums, so that a run stopped in the middle of an
     epoch resumes with them. ``stop``: a StopRequest (``stop.requested`` is looked at before
-    every batch). ``epochs``: the run's total, for the bar.
+    every batch). ``epochs``: the run's total, for the bar. ``extensions``: those whose
+    ``on_iteration`` runs after the iterations their trigger names.
 
     Raises NonFiniteError when the loss is not finite (before it changes the weights),
     OutOfMemoryError when a batch does not fit, and Interrupted when ``stop.requested`` or a
@@ -160,8 +160,7 @@ def train_epoch(state, stop, epochs, label_smoothing=0.0, progress=True, hooks=N
                 if loss is not None:
                     loss.backward()
                 hooks.after_backward(model, optimizer, n / seen)
-                with section("optimizer"):
-                    optimizer.step()
+                optimizer.step()
             except MemoryError as e:
                 raise OutOfMemoryError(f"out of memory {where}, in a batch of {len(yb)} images: {e}") from None
             schedule.step()
@@ -175,6 +174,9 @@ def train_epoch(state, stop, epochs, label_smoothing=0.0, progress=True, hooks=N
                                 f"acc={partial['correct'] / partial['seen']:.3f} "
                                 f"img_s={partial['seen'] / elapsed:.0f}", refresh=False)
             bar.update(1)
+            for e in extensions:
+                if iteration_triggered(e, schedule.step_count):
+                    e.on_iteration(state)
     except KeyboardInterrupt:
         # Not a first Ctrl-C under StopRequest (that only sets stop.requested), but a second
         # one, or one raised by other code. Outside a batch's work (in the loader, in the
@@ -188,100 +190,102 @@ def train_epoch(state, stop, epochs, label_smoothing=0.0, progress=True, hooks=N
         bar.close()
 
 
-def _duration(seconds):
-    """3d 4h, 2h 13m, 5m 10s or 42s."""
-    seconds = int(seconds)
-    days, hours, minutes = seconds // 86400, seconds // 3600 % 24, seconds // 60 % 60
-    if days:
-        return f"{days}d {hours}h"
-    if hours:
-        return f"{hours}h {minutes}m"
-    return f"{minutes}m {seconds % 60}s" if minutes else f"{seconds}s"
-
-
 def fit(state, test_loader, epochs, out=None, label_smoothing=0.0, progress=True, hooks=None,
-        resumed_from=None, log=print):
+        resumed_from=None, log=print, extensions=None, val_loader=None):
     """Train ``state`` (a TrainState) until ``state.epoch == epochs``, evaluating on
     ``test_loader`` after every epoch. Returns ``state.history`` (one metrics row per epoch).
 
-    With ``out`` (a folder; on the main process only, see LoopHooks), every epoch end writes
-    ``out/last.npz`` (``snapshot``), ``out/best.npz`` when the test accuracy is the best so far,
-    ``out/metrics.csv`` and ``out/curves.png``. ``resumed_from``: the checkpoint the state was
-    loaded from (the one to go back to should the run fail before it saves its own). ``log``
-    prints a line (the epoch summaries).
+    ``extensions`` (``minires.training.extensions``) do everything besides: after every epoch
+    each gets the state and the epoch's row. Without them (None) ``fit`` uses
+    ``default_extensions(out, resumed_from, log)``: the epoch line (``log`` prints it) and, with
+    ``out``, ``out/last.npz``, ``out/best.npz`` (the best test accuracy so far),
+    ``out/metrics.csv`` and ``out/curves.png``. On a process that is not the main one (see
+    LoopHooks) only the extensions without ``main_only`` run. ``resumed_from``: the checkpoint
+    the state was loaded from (the one to go back to should the run fail before it saves its own).
+    ``val_loader``: images held out of the training set, evaluated after every epoch too (the
+    row's "val_loss" and "val_acc", which extensions can watch instead of the test set's).
 
-    The run holds ``out`` while it goes (``folder``): RunFolderError when another process holds
-    it, or when a state that has not trained yet, or one resumed from another folder, would
-    write over the files of another run there.
+    ``out`` (a folder) is held while the run goes (``folder``): RunFolderError when another
+    process holds it, or when a state that has not trained yet, or one resumed from another
+    folder, would write over the files of another run there.
 
     Ends early by raising:
     - ``Interrupted`` on Ctrl-C (see ``stop``): when the state is whole, it has been saved to
-      ``out/last.npz`` first (``saved``), unless its weights are no longer finite (``reason``).
+      ``last.npz`` first (``saved``) by the ``Snapshot`` extension, if there is one, unless its
+      weights are no longer finite (``reason``).
     - ``NonFiniteError`` when the loss, the test loss or the weights stop being finite, before
       anything is saved; ``checkpoint`` names the newest good checkpoint.
     - ``OutOfMemoryError`` when a batch does not fit in memory.
     A KeyboardInterrupt outside the training batches (a second Ctrl-C) propagates as it is.
+    An extension such as ``EarlyStopping`` ends it early, and normally, by setting ``stop_training``.
     """
     hooks = hooks or LoopHooks()
-    writes = out is not None and hooks.is_main
-    snapshot = Snapshot(out, good=resumed_from) if writes else None
-    good = (lambda: snapshot.good) if writes else (lambda: resumed_from)
+    if extensions is None:
+        extensions = default_extensions(out, resumed_from, log)
+    extensions = sorted(extensions, key=lambda e: -e.priority)
+    # Every process keeps the state of every extension (rank 0's are the ones saved).
+    state.extensions = extensions
+    running = [e for e in extensions if hooks.is_main or not e.main_only]
+    snapshots = [e for e in running if isinstance(e, Snapshot)]
+    good = (lambda: snapshots[0].good) if snapshots else (lambda: resumed_from)
     folder = contextlib.nullcontext()
-    if writes:
+    if out is not None and hooks.is_main:
         # A state that has not trained yet starts a new run; one that has continues a run, the
         # one in ``out`` when it was resumed from there.
         fresh = state.epoch == 0 and not state.history and state.schedule.step_count == 0
         folder = RunFolder(out, resuming=same_folder(resumed_from, out) if resumed_from is not None else not fresh)
-    first = True
     with folder, StopRequest(announce=hooks.is_main) as stop:
-        if writes and state.history:  # a resumed run's metrics.csv is complete at once, also in a new folder
-            _write_logs(out, state.history)
-        while state.epoch < epochs:
-            try:
-                train_epoch(state, stop, epochs, label_smoothing, progress, hooks)
-            except Interrupted as e:
-                if not e.resumable or not writes:
-                    raise Interrupted(e.resumable, checkpoint=good()) from None
-                try:
-                    saved = snapshot.save(state)
-                except NonFiniteError as bad:
-                    raise Interrupted(True, checkpoint=good(), reason=str(bad)) from None
-                raise Interrupted(True, saved=saved, checkpoint=saved) from None
-            except TrainingError as e:
-                e.checkpoint = good()
-                raise
-            test_loss, test_acc = evaluate(state.model, test_loader, label_smoothing, hooks)
-            if not math.isfinite(test_loss):
-                # The training loss can stay finite while the weights or the BatchNorm running
-                # statistics overflow; such a model must not replace the last good checkpoint.
-                raise NonFiniteError(f"the test loss became {test_loss} after epoch {state.epoch + 1}",
-                                     checkpoint=good())
-            partial = state.partial
-            sums = [partial["loss_sum"], partial["correct"], partial["seen"]]
-            # The lr of the epoch's last iteration. The optimizer already holds the next
-            # iteration's, which is a tenth of it when a multistep drop falls on the boundary.
-            row = epoch_row(state.epoch + 1, sums, partial["seconds"],
-                            state.schedule.lr_at(state.schedule.step_count - 1), test_loss, test_acc)
-            state.history.append(row)
-            state.epoch, state.partial = state.epoch + 1, fresh_partial()
-            if hooks.is_main:
-                log(format_row(row, epochs))
-                if first and state.epoch < epochs:
-                    log(f"about {_duration(row['seconds'] * (epochs - state.epoch))} to go for the "
-                        f"{epochs - state.epoch} remaining epochs")
-            first = False
-            improved = test_acc > state.best_acc
-            state.best_acc = max(state.best_acc, test_acc)
-            if writes:
-                if improved:
-                    snapshot.save_best(state, test_acc)
-                snapshot.save(state)
-                _write_logs(out, state.history)
-            if hooks.any(stop.requested):  # Ctrl-C during the epoch's last batch or its evaluation
-                raise Interrupted(True, saved=good() if writes else None, checkpoint=good())
+        for e in extensions:
+            if e.name in state.extension_states:
+                e.load_state_dict(state.extension_states[e.name])
+        try:
+            for e in running:
+                e.initialize(state, epochs)
+            _run_epochs(state, test_loader, val_loader, epochs, label_smoothing, progress, hooks, running, stop,
+                        snapshots, good)
+        finally:
+            for e in running:
+                e.finalize(state)
     return state.history
 
 
-def _write_logs(out, history):
-    write_metrics(os.path.join(out, "metrics.csv"), history)
-    plot_curves(os.path.join(out, "curves.png"), history)
+def _run_epochs(state, test_loader, val_loader, epochs, label_smoothing, progress, hooks, extensions, stop,
+                snapshots, good):
+    """The epochs of ``fit``."""
+    per_iteration = [e for e in extensions if e.trigger[1] == "iteration"]
+    while state.epoch < epochs and not any(getattr(e, "stop_training", False) for e in extensions):
+        try:
+            train_epoch(state, stop, epochs, label_smoothing, progress, hooks, per_iteration)
+        except Interrupted as e:
+            if not e.resumable or not snapshots:
+                raise Interrupted(e.resumable, checkpoint=good()) from None
+            try:
+                saved = snapshots[0].save(state)
+            except NonFiniteError as bad:
+                raise Interrupted(True, checkpoint=good(), reason=str(bad)) from None
+            raise Interrupted(True, saved=saved, checkpoint=saved) from None
+        except TrainingError as e:
+            e.checkpoint = good()
+            raise
+        val = evaluate(state.model, val_loader, label_smoothing, hooks) if val_loader is not None else None
+        test_loss, test_acc = evaluate(state.model, test_loader, label_smoothing, hooks)
+        for what, loss in (("validation", val[0] if val else 0.0), ("test", test_loss)):
+            if not math.isfinite(loss):
+                # The training loss can stay finite while the weights or the BatchNorm running
+                # statistics overflow; such a model must not replace the last good checkpoint.
+                raise NonFiniteError(f"the {what} loss became {loss} after epoch {state.epoch + 1}",
+                                     checkpoint=good())
+        partial = state.partial
+        sums = [partial["loss_sum"], partial["correct"], partial["seen"]]
+        # The lr of the epoch's last iteration. The optimizer already holds the next
+        # iteration's, which is a tenth of it when a multistep drop falls on the boundary.
+        row = epoch_row(state.epoch + 1, sums, partial["seconds"],
+                        state.schedule.lr_at(state.schedule.step_count - 1), test_loss, test_acc, val)
+        state.history.append(row)
+        state.epoch, state.partial = state.epoch + 1, fresh_partial()
+        state.best_acc = max(state.best_acc, test_acc)
+        for e in extensions:
+            if epoch_triggered(e, state.epoch):
+                e.on_epoch_end(state, row)
+        if hooks.any(stop.requested):  # Ctrl-C during the epoch's last batch or its evaluation
+            raise Interrupted(True, saved=good() if snapshots else None, checkpoint=good())

@@ -47,9 +47,10 @@ def inference_entries(loader):
     return entries
 
 
-class Snapshot:
-    """Writes ``out/last.npz`` and ``out/best.npz``; ``good`` is the newest good checkpoint (the
-    one a run that cannot go on is taken up from; at first the one it was resumed from)."""
+class CheckpointWriter:
+    """Writes ``out/last.npz`` and ``out/best.npz`` (for the ``Snapshot`` and ``BestSnapshot``
+    extensions); ``good`` is the newest good checkpoint (the one a run that cannot go on is taken
+    up from; at first the one it was resumed from)."""
 
     def __init__(self, out, good=None):
         self.last = os.path.join(out, "last.npz")
@@ -72,9 +73,10 @@ class Snapshot:
         self.good = self.last
         return self.last
 
-    def save_best(self, state, test_acc):
-        """The weights of ``state`` into best.npz, with the epoch and test accuracy."""
-        checkpoint = {"model": state.model.state_dict(), "epoch": state.epoch, "test_acc": test_acc,
+    def save_best(self, state, test_acc, extra=None):
+        """The weights of ``state`` into best.npz, with the epoch, test accuracy and ``extra``
+        (e.g. the validation accuracy it was chosen by)."""
+        checkpoint = {"model": state.model.state_dict(), "epoch": state.epoch, "test_acc": test_acc, **(extra or {}),
                       "config": dict(state.config), **inference_entries(state.loader)}
         self._check(checkpoint, self.best)
         save(checkpoint, self.best)
@@ -212,6 +214,9 @@ def read_checkpoint(path, training=True):
     for k in ("loss_sum", "seconds"):
         check.number(partial[k], f"partial/{k}")
     check.number(checkpoint["best_acc"], "best_acc")
+    for name, entry in check.dict(checkpoint.get("extensions", {}), "extensions").items():
+        for k, value in check.dict(entry, f"extensions/{name}").items():
+            check.number(value, f"extensions/{name}/{k}")
     for j, row in enumerate(check.list(checkpoint["history"], "history")):
         check.dict(row, f"history/{j}", HISTORY_COLUMNS)
         for k in HISTORY_COLUMNS:

@@ -4,7 +4,8 @@ The pieces are the model (weights and BatchNorm statistics), the optimizer (mome
 the schedule (iteration count), the training loader (seed, epoch and batch: which images come
 next), and the bookkeeping of the loop: the epoch, the running sums of the unfinished epoch
 (``partial``), the best test accuracy, the metrics of the finished epochs (``history``) and the
-run's configuration. ``state_dict()`` gathers them into the checkpoint that ``snapshot`` saves;
+run's configuration, and the state of the training extensions (best values, counters: see
+``extensions``). ``state_dict()`` gathers them into the checkpoint that ``snapshot`` saves;
 ``load_state_dict()`` puts a checkpoint back, once, after ``snapshot.read_checkpoint`` has
 checked its structure.
 """
@@ -25,13 +26,26 @@ class TrainState:
         self.partial = fresh_partial()
         self.best_acc = -1.0
         self.history = []
+        # The extensions ``fit`` runs (their state goes into the checkpoint), and the states a
+        # loaded checkpoint holds for them, until ``fit`` hands them over.
+        self.extensions = []
+        self.extension_states = {}
 
     def state_dict(self):
         """The checkpoint: a dict of plain data and NumPy arrays that ``minires.save`` can write."""
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "schedule": self.schedule.state_dict(), "loader": self.loader.state_dict(),
-                "epoch": self.epoch, "partial": dict(self.partial), "best_acc": self.best_acc,
-                "history": [dict(row) for row in self.history], "config": dict(self.config)}
+        checkpoint = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                      "schedule": self.schedule.state_dict(), "loader": self.loader.state_dict(),
+                      "epoch": self.epoch, "partial": dict(self.partial), "best_acc": self.best_acc,
+                      "history": [dict(row) for row in self.history], "config": dict(self.config)}
+        states = self._extension_states()
+        if states:
+            checkpoint["extensions"] = states
+        return checkpoint
+
+    def _extension_states(self):
+        """{name: state} of the extensions that have state (those that have none add nothing)."""
+        states = {e.name: e.state_dict() for e in self.extensions}
+        return {name: value for name, value in states.items() if value}
 
     def load_state_dict(self, checkpoint, keep_hyperparameters=True):
         """Continue from ``checkpoint`` (what ``state_dict`` returned, as read back from a file).
@@ -58,3 +72,4 @@ class TrainState:
         self.partial = {**fresh_partial(), **checkpoint["partial"]}
         self.best_acc = float(checkpoint["best_acc"])
         self.history = [dict(row) for row in checkpoint["history"]]
+        self.extension_states = {name: dict(value) for name, value in checkpoint.get("extensions", {}).items()}
