@@ -19,7 +19,6 @@ process of a data-parallel run; the editors run on every process, on the same (s
 and so decide the same. None of them reads from the device during an epoch: they look at the
 row, computed once per epoch.
 """
-import math
 import os
 import sys
 
