@@ -183,3 +183,38 @@ def test_the_layers_import_only_downwards(layer, forbidden):
     for path in sorted(folder.glob("*.py")):
         package = f"minires.{layer}"
         assert not _minires_imports(path, package) & forbidden, path.name
+
+
+def test_no_import_circles():
+    """No module reaches itself through the imports of others, late (in-function) imports included."""
+    import ast
+    from pathlib import Path
+    root = Path(minires.__file__).parent
+    names = {}
+    for path in root.rglob("*.py"):
+        parts = path.relative_to(root.parent).with_suffix("").parts
+        names[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    edges = {}
+    for name, path in names.items():
+        package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                base = package.split(".")[:len(package.split(".")) - (node.level - 1)]
+                module = ".".join(base + ([node.module] if node.module else []))
+                for a in node.names:
+                    target = f"{module}.{a.name}"
+                    found.add(target if target in names else module)
+        edges[name] = {t for t in found if t in names and t != name}
+    # a package's __init__ importing its own submodules (and those importing siblings) is no circle
+    def reaches(start):
+        seen, stack = set(), [start]
+        while stack:
+            for t in edges[stack.pop()]:
+                if t not in seen:
+                    seen.add(t)
+                    stack.append(t)
+        return seen
+    circles = [n for n in names if n in reaches(n) and not all(
+        (m == n or m.startswith(n + ".") or n.startswith(m + ".")) for m in reaches(n) if n in reaches(m))]
+    assert not circles, circles

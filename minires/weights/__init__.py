@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy
 
-from .. import models
 from ..data.transforms import check_preprocessing
 from ..serialization import load
 
@@ -43,7 +42,6 @@ def read_manifest(name):
     """The manifest of ``name``'s shipped weights, as a dict; NoWeightsError when none ship."""
     path = manifest_path(name)
     if not path.is_file():
-        models.info(name)  # a name that is no model at all: the registry's one line, listing the valid ones
         shipped = f" (weights ship for: {', '.join(names())})" if names() else ""
         raise NoWeightsError(f"no weights ship for {name}{shipped}; train them with "
                              f"python -m minires.train --model {name} --recipe fast")
