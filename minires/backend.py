@@ -39,6 +39,50 @@ def _import_cupy():
     return _cupy
 
 
+def import_cupy_for_codegen():
+    """CuPy itself, without asking for a GPU: enough to generate and compile kernel source
+    (NVRTC needs no driver), which the kernel tests do on machines without a GPU."""
+    import cupy
+    return cupy
+
+
+KERNELS = []  # every ElementwiseKernel defined, in definition order, for the kernel tests
+
+
+class ElementwiseKernel:
+    """A CuPy ``ElementwiseKernel`` written in minires and built on its first call.
+
+    The arguments are CuPy's (``in_params``, ``out_params``, ``operation``, ``name``,
+    ``preamble``...). Only strings are kept until the first call, so ``import minires`` never
+    imports CuPy. Each kernel sits beside its NumPy twin in the op that uses it; every instance
+    is listed in ``KERNELS``, which the kernel tests walk: each one is compiled with NVRTC and
+    its generated source run on the CPU against the twin.
+    """
+
+    def __init__(self, in_params, out_params, operation, name, preamble="", loop_prep="",
+                 after_loop="", reduce_dims=True):
+        self.in_params, self.out_params, self.operation, self.name = in_params, out_params, operation, name
+        self.preamble, self.loop_prep, self.after_loop = preamble, loop_prep, after_loop
+        self.reduce_dims = reduce_dims
+        self._kernel = None
+        KERNELS.append(self)
+
+    def build(self, cupy):
+        """The ``cupy.ElementwiseKernel`` (constructing one compiles nothing: CuPy compiles per
+        argument dtypes at the first launch)."""
+        return cupy.ElementwiseKernel(
+            self.in_params, self.out_params, self.operation, self.name, reduce_dims=self.reduce_dims,
+            preamble=self.preamble, loop_prep=self.loop_prep, after_loop=self.after_loop)
+
+    def __call__(self, *args, **kwargs):
+        if self._kernel is None:
+            self._kernel = self.build(_import_cupy())
+        return self._kernel(*args, **kwargs)
+
+    def __repr__(self):
+        return f"ElementwiseKernel({self.name!r})"
+
+
 def cupy_available():
     """True when CuPy imports and sees at least one GPU."""
     try:
