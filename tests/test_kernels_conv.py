@@ -151,3 +151,10 @@ def test_conv2d_through_the_kernels_equals_numpy(on_kernels, case, conv):
     assert {name for name, _ in calls} == {"minires_im2col"} | ({"minires_col2im"} if gx_by_col2im else set())
     for ours, theirs in zip(got, expected):
         np.testing.assert_allclose(ours, theirs, rtol=1e-12, atol=1e-12)
+
+
+def test_kernels_refuse_sizes_beyond_their_32_bit_indices():
+    """kh*kw*C*N must stay below 2^31 (the kernels' 32-bit unravelling); the message says what to do."""
+    assert len(conv_utils._geometry(256, 2048, 7, 7, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1, 1)) == 15
+    with pytest.raises(ValueError, match="too large; use a smaller batch"):
+        conv_utils._geometry(2 ** 16, 4096, 7, 7, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1, 1)

@@ -79,11 +79,14 @@ _GEOMETRY = ("int32 n, int32 c, int32 h, int32 w, int32 ho, int32 wo, int32 kh, 
 _im2col_kernel = backend.ElementwiseKernel(
     "raw T x, " + _GEOMETRY, "T col",
     """
-    // i indexes col (G, kh, kw, C/G, N, Ho, Wo), C order
+    // i indexes col (G, kh, kw, C/G, N, Ho, Wo), C order: i = q * Ho*Wo + r, one 64-bit
+    // division, then 32-bit ones (q < kh*kw*C*N < 2^31, checked on the host)
     const int cg = c / groups;
-    ptrdiff_t t = i;
-    const int ox = t % wo; t /= wo;
-    const int oy = t % ho; t /= ho;
+    const int q = (int)(i / (ho * wo));
+    const int r = (int)(i - (ptrdiff_t)q * (ho * wo));
+    const int ox = r % wo;
+    const int oy = r / wo;
+    int t = q;
     const int b = t % n; t /= n;
     const int ch = t % cg; t /= cg;
     const int j = t % kw; t /= kw;
@@ -102,13 +105,15 @@ _im2col_kernel = backend.ElementwiseKernel(
 _col2im_kernel = backend.ElementwiseKernel(
     "raw T col, " + _GEOMETRY, "T x",
     """
-    // i indexes x (N, C, H, W), C order; (yy, xx) is the pixel in the padded input
+    // i indexes x (N, C, H, W), C order: i = q * H*W + r, q = b*C + ch < 2^31 (checked on the
+    // host); (yy, xx) is the pixel in the padded input
     const int cg = c / groups;
-    ptrdiff_t t = i;
-    const int xx = t % w + pw; t /= w;
-    const int yy = t % h + ph; t /= h;
-    const int ch = t % c;
-    const int b = t / c;
+    const int q = (int)(i / (h * w));
+    const int r = (int)(i - (ptrdiff_t)q * (h * w));
+    const int xx = r % w + pw;
+    const int yy = r / w + ph;
+    const int ch = q % c;
+    const int b = q / c;
     const int g = ch / cg;
     T acc = (T)0;
     for (int k = 0; k < kh; ++k) {
@@ -129,6 +134,9 @@ _col2im_kernel = backend.ElementwiseKernel(
 
 def _geometry(n, c, h, w, ho, wo, kh, kw, sy, sx, ph, pw, dy, dx, groups):
     """The kernels' scalar arguments (``_GEOMETRY``), typed int32."""
+    if kh * kw * c * n >= 2 ** 31 or max(h * w, ho * wo) >= 2 ** 31:
+        raise ValueError(f"im2col/col2im on CuPy index with 32-bit integers: {n} images of {c} channels with "
+                         f"a {kh}x{kw} kernel ({h}x{w} -> {ho}x{wo}) is too large; use a smaller batch")
     return tuple(numpy.int32(v) for v in (n, c, h, w, ho, wo, kh, kw, sy, sx, ph, pw, dy, dx, groups))
 
 
