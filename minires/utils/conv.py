@@ -151,14 +151,13 @@ def im2col(x, kh, kw, sy, sx, ph, pw, dy=1, dx=1, groups=1, out=None):
     n, c, h, w = x.shape
     shape = col_shape(x.shape, kh, kw, sy, sx, ph, pw, dy, dx, groups)
     ho, wo = shape[-2:]
-    if xp is not numpy:
-        col = xp.empty(shape, x.dtype) if out is None else out
+    col = xp.empty(shape, x.dtype) if out is None else out
+    if xp is not numpy:  # one thread per entry of col, padding included
         _im2col_kernel(xp.ascontiguousarray(x), *_geometry(n, c, h, w, ho, wo, kh, kw, sy, sx, ph, pw, dy, dx, groups),
                        col)
         return col
     xpad = pad2d(x, ph, pw)
     xt = xpad.reshape(n, groups, c // groups, *xpad.shape[2:]).transpose(1, 2, 0, 3, 4)  # (G, C/G, N, Hp, Wp) view
-    col = xp.empty(shape, x.dtype) if out is None else out
     colg = col.reshape(groups, kh, kw, c // groups, n, ho, wo)  # a view, G = 1 included
     for i in range(kh):
         for j in range(kw):
@@ -174,7 +173,7 @@ def col2im(col, x_shape, sy, sx, ph, pw, dy=1, dx=1):
         col = col[None]  # one group
     groups, kh, kw, cg, n, ho, wo = col.shape
     _, _, h, w = x_shape
-    if xp is not numpy:
+    if xp is not numpy:  # one thread per pixel of x, gathering its taps
         x = xp.empty((n, groups * cg, h, w), col.dtype)
         _col2im_kernel(xp.ascontiguousarray(col),
                        *_geometry(n, groups * cg, h, w, ho, wo, kh, kw, sy, sx, ph, pw, dy, dx, groups), x)
