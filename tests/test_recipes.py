@@ -50,10 +50,10 @@ def test_every_recipe_sets_the_same_options_and_each_is_a_real_one():
     options = vars(train.build_parser().parse_args([]))
     keys = set(train.RECIPES["paper"])
     for name, values in train.RECIPES.items():
-        assert set(values) == keys, name  # switching recipes leaves nothing of the other behind
-        assert keys <= set(options)
+        assert set(train.recipe_defaults(name)) == set(train.recipe_defaults("paper")) >= keys, name  # nothing left behind
+        assert set(values) <= set(options)
         for key, value in values.items():
-            assert type(value) is type(options[key]), (name, key)
+            assert options[key] is None or type(value) is type(options[key]), (name, key)
 
 
 def test_switching_recipes_on_one_parser_leaves_nothing_behind():
@@ -67,7 +67,7 @@ def test_help_prints_each_recipes_settings(capsys, monkeypatch):
     with pytest.raises(SystemExit):
         train.main(["--help"])
     text = capsys.readouterr().out
-    assert "--recipe {paper,fast}" in text
+    assert "--recipe {paper,fast,keras}" in text
     assert "fast: --epochs 50 --schedule cosine --nesterov --weight-decay 0.0005 --label-smoothing 0.1 " \
            "--normalization channel" in text
     assert "paper: --epochs 164 --schedule multistep --no-nesterov --weight-decay 0.0001 --label-smoothing 0 " \
