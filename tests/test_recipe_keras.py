@@ -15,7 +15,6 @@ import pytest
 import minires.functional as F
 import minires.train as train
 from minires import Tensor, models, nn
-from minires import backend as mb
 from minires import rng as minires_rng
 from minires.optim import Adam, PiecewiseLR
 from minires.serialization import load
@@ -221,16 +220,7 @@ def test_the_decay_is_kerass_l2_term_in_the_loss(monkeypatch):
 
 # --- a run of the recipe from the command line --------------------------------------------------
 
-@pytest.fixture
-def _restore_globals(monkeypatch, tmp_path):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(minires_rng, "_rng", minires_rng.get_rng())
-    previous = mb.get_backend()
-    yield
-    mb.set_backend(previous)
-
-
-def test_a_tiny_keras_run_on_real_cifar10(cifar10_dir, tmp_path, _restore_globals):
+def test_a_tiny_keras_run_on_real_cifar10(cifar10_dir, tmp_path, _leave_globals_alone):
     """64 real training images, 1 epoch of 2 batches of 32, into the recipe's own folder."""
     tiny = ["--recipe", "keras", "--depth", 8, "--limit-train", 64, "--limit-test", 32, "--no-progress",
             "--data-dir", cifar10_dir, "--epochs", 1]
