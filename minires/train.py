@@ -387,7 +387,7 @@ def build_optimizer(args, model):
     return (Adam if args.optimizer == "adam" else AdamW)(groups, lr=args.lr, eps=args.eps)
 
 
-def build_schedule(args, optimizer, total_steps, steps_per_epoch=None):
+def build_schedule(args, optimizer, total_steps):
     warmup = args.warmup
     if warmup is None:
         # The paper finds lr 0.1 "slightly too large to start converging" for ResNet-110 and
@@ -401,7 +401,8 @@ def build_schedule(args, optimizer, total_steps, steps_per_epoch=None):
         return MultiStepLR(optimizer, [total_steps // 2, (3 * total_steps) // 4], gamma=0.1, **common)
     if args.schedule == "cosine":
         return CosineLR(optimizer, total_steps, **common)
-    if args.schedule == "keras":  # in epochs, whatever --epochs is, as Keras's
+    if args.schedule == "keras":  # at fixed epochs, whatever --epochs is, as Keras's
+        steps_per_epoch = total_steps // args.epochs
         milestones = [(epoch + 1) * steps_per_epoch for epoch, _ in KERAS_LR_STEPS]
         return PiecewiseLR(optimizer, milestones, [factor for _, factor in KERAS_LR_STEPS], **common)
     return ConstantLR(optimizer, **common)
@@ -539,7 +540,7 @@ def run(args, checkpoint=None, comm=None):
         distributed.check_agreement(comm, agreement_fields(args, info, [("training", train_loader),
                                                                         ("test", test_loader)]))
     optimizer = build_optimizer(args, model)
-    schedule = build_schedule(args, optimizer, args.epochs * len(train_loader), len(train_loader))
+    schedule = build_schedule(args, optimizer, args.epochs * len(train_loader))
     state = TrainState(model, optimizer, schedule, train_loader)
     if checkpoint is not None:
         # Momentum buffers and the iteration count from the checkpoint, hyperparameters (lr,

@@ -108,7 +108,7 @@ def keras_run(tmp_path, epochs=200, resume=None, start=0):
     args = parse("--recipe", "keras", "--epochs", epochs)
     weight = Tensor(np.zeros(3), requires_grad=True)
     optimizer = Adam([weight], lr=args.lr, eps=args.eps)
-    schedule = train.build_schedule(args, optimizer, epochs * STEPS_PER_EPOCH, STEPS_PER_EPOCH)
+    schedule = train.build_schedule(args, optimizer, epochs * STEPS_PER_EPOCH)
     lines = []
     plateau = train.build_extensions(args, tmp_path, None, schedule)[0]
     plateau.log = lines.append
@@ -143,7 +143,7 @@ def test_without_the_keras_schedule_the_same_plateau_scales_the_lr_for_good(tmp_
     args = parse("--recipe", "keras", "--schedule", "multistep")
     weight = Tensor(np.zeros(3), requires_grad=True)
     optimizer = Adam([weight], lr=args.lr)
-    schedule = train.build_schedule(args, optimizer, 200 * STEPS_PER_EPOCH, STEPS_PER_EPOCH)
+    schedule = train.build_schedule(args, optimizer, 200 * STEPS_PER_EPOCH)
     plateau = train.build_extensions(args, tmp_path, None, schedule)[0]
     assert not plateau.reset_each_epoch
     for epoch in range(6):
@@ -164,7 +164,7 @@ def test_a_stopped_run_resumes_the_schedule_and_plateau_exactly(tmp_path):
 def test_the_milestones_are_the_first_iterations_of_epochs_81_121_161_181():
     args = parse("--recipe", "keras")
     optimizer = Adam([Tensor(np.zeros(1), requires_grad=True)], lr=1e-3)
-    schedule = train.build_schedule(args, optimizer, 200 * 7, 7)
+    schedule = train.build_schedule(args, optimizer, 200 * 7)
     assert isinstance(schedule, PiecewiseLR)
     assert schedule.milestones == [81 * 7, 121 * 7, 161 * 7, 181 * 7]
     assert [schedule.lr_at(s) for s in (81 * 7 - 1, 81 * 7, 181 * 7 - 1, 181 * 7)] == [1e-3, 1e-4, 1e-6, 5e-7]
