@@ -6,6 +6,7 @@ sums are CuPy reductions and the element-wise passes two kernels (``minires_bn_a
 """
 import math
 
+
 import numpy
 
 from .. import backend
@@ -218,27 +219,18 @@ class BatchNormTrainFunction(Function):
 
     def backward(self, gy):
         xp = backend.get_array_module(gy)
+        if xp is not numpy:
+            return self._backward_cupy(xp, gy)
         xc, inv_std, gamma = self.xc, self.inv_std, self.gamma
         m_local = gy.size // gy.shape[1]
-        if xp is numpy:
-            # (2, C): sum(gy) and sum(gy * xc) per channel, in one pass over gy
-            sums = _sum_over_batch(lambda r: xp.stack([channel_sum(gy[r]), channel_dot(gy[r], xc[r])]), gy,
-                                   (2, gy.shape[1]))
-        else:
-            gy = xp.ascontiguousarray(gy)  # the kernel indexes it as (N, C, H*W)
-            axes = _axes(gy)
-            sums = xp.stack([gy.sum(axis=axes), (gy * xc).sum(axis=axes)])  # (2, C)
+        # (2, C): sum(gy) and sum(gy * xc) per channel, in one pass over gy
+        sums = _sum_over_batch(lambda r: xp.stack([channel_sum(gy[r]), channel_dot(gy[r], xc[r])]), gy,
+                               (2, gy.shape[1]))
         gbeta, ggamma = sums[0], sums[1] * inv_std  # this process's: gamma's and beta's gradients
         gx = None
         if self.needs_input_grad[0]:
-            # the batch's sum(gy) and sum(gy * xc): each process's weighted by its share M_r / M
-            share = None if self.reduce is None else m_local / xp.maximum(self.m, 1)
-            (sum_gy, sum_gy_xc), _ = self._reduce(sums, share=share)
+            (sum_gy, sum_gy_xc), _ = self._reduce(sums, share=self._share(xp, m_local))
             inv_m = 1.0 / max(m_local, 1)  # a float, as in forward
-            if xp is not numpy:
-                gx = _bn_backward_kernel(gy, xc, gamma, inv_std, sum_gy, sum_gy_xc, gy.dtype.type(inv_m),
-                                         *_kernel_sizes(gy))
-                return gx, ggamma, gbeta
             # gx = a * gy + c * xc + b, per channel, with a = gamma * inv_std,
             # c = -a * inv_std * ggamma / M_r, b = -a * gbeta / M_r (the batch's gbeta, ggamma)
             a = gamma * inv_std
@@ -255,6 +247,25 @@ class BatchNormTrainFunction(Function):
 
             threads.over_batch(combine, gy)
         return gx, ggamma, gbeta
+
+    def _backward_cupy(self, xp, gy):
+        """The same on CuPy: reductions for the sums, then one kernel for gx."""
+        gy = xp.ascontiguousarray(gy)  # the kernel indexes it as (N, C, H*W)
+        axes = _axes(gy)
+        m_local = gy.size // gy.shape[1]
+        sums = xp.stack([gy.sum(axis=axes), (gy * self.xc).sum(axis=axes)])  # (2, C)
+        gbeta, ggamma = sums[0], sums[1] * self.inv_std
+        gx = None
+        if self.needs_input_grad[0]:
+            (sum_gy, sum_gy_xc), _ = self._reduce(sums, share=self._share(xp, m_local))
+            gx = _bn_backward_kernel(gy, self.xc, self.gamma, self.inv_std, sum_gy, sum_gy_xc,
+                                     gy.dtype.type(1.0 / max(m_local, 1)), *_kernel_sizes(gy))
+        return gx, ggamma, gbeta
+
+    def _share(self, xp, m_local):
+        """This process's share M_r / M of the batch, by which its sum(gy) and sum(gy * xc) are
+        weighted before they are summed over the processes into the batch's (None: no ``reduce``)."""
+        return None if self.reduce is None else m_local / xp.maximum(self.m, 1)
 
 
 class BatchNormEvalFunction(Function):
