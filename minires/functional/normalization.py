@@ -6,7 +6,6 @@ sums are CuPy reductions and the element-wise passes two kernels (``minires_bn_a
 """
 import math
 
-
 import numpy
 
 from .. import backend
