@@ -205,6 +205,7 @@ class BatchNormTrainFunction(Function):
         (sq,), _ = self._reduce(xp.square(xc).sum(axis=axes)[None])  # (C,) -> (1, C)
         var = sq * inv_m
         inv_std = 1.0 / xp.sqrt(var + x.dtype.type(self.eps))
+        gamma, beta = gamma.astype(x.dtype, copy=False), beta.astype(x.dtype, copy=False)  # one T per kernel
         y = _bn_affine_kernel(xc, gamma * inv_std, beta, *_kernel_sizes(x))
         return self._finish_forward(x, y, xc, mean, var, inv_std, gamma, m)
 
@@ -283,7 +284,8 @@ class BatchNormEvalFunction(Function):
         scale = gamma * inv_std
         shift = beta - self.running_mean.astype(x.dtype) * scale
         if xp is not numpy:
-            y = _bn_affine_kernel(xp.ascontiguousarray(x), scale, shift, *_kernel_sizes(x))
+            y = _bn_affine_kernel(xp.ascontiguousarray(x), scale.astype(x.dtype, copy=False),
+                                  shift.astype(x.dtype, copy=False), *_kernel_sizes(x))
         else:
             y = x * per_channel(scale, x)
             y += per_channel(shift, x)

@@ -47,7 +47,8 @@ class AddReLUFunction(Function):
         if xp is numpy:
             y = add_relu_forward(a, b)
         else:
-            y = _add_relu_kernel(xp.ascontiguousarray(a), xp.ascontiguousarray(b))
+            # b in a's dtype, as the NumPy path writes into an array like a
+            y = _add_relu_kernel(xp.ascontiguousarray(a), xp.ascontiguousarray(b, dtype=a.dtype))
         if any(self.needs_input_grad):
             self.y = y
         return y
