@@ -194,7 +194,7 @@ def ce_backward(x, lse, y, w, wsum, g, ignore_index, eps, g_per_row):
     t_k = numpy.repeat((eps / k * w)[None], n, axis=0)  # (K,) -> (N, K)
     t_k[numpy.arange(n), t] += (1 - eps) * w[t]
     g = g.reshape(-1, 1) if g_per_row else g[0]  # (N,) -> (N, 1)
-    gx = (t_sum[:, None] * p - t_k) * g  # (N,) -> (N, 1)
+    gx = (t_sum[:, None] * p - t_k) * g  # t_sum (N,) -> (N, 1)
     nan = numpy.array(numpy.nan, x.dtype)
     return numpy.where(counted[:, None], numpy.where(inside[:, None], gx, nan), 0).astype(x.dtype)
 
@@ -229,8 +229,8 @@ class CrossEntropyFunction(_ClassLossFunction):
         return self.reduce(loss, w_target)
 
     def _forward_cupy(self, xp, x):
-        """The same on CuPy: row maxima and sums by CuPy, the rest in two kernels over the
-        logits and one over the rows."""
+        """The same on CuPy: row maxima, sums and x @ w by CuPy, the rest in one kernel over the
+        logits (the shifted exponentials) and one over the rows (loss, log-sum-exp, weight)."""
         x = xp.ascontiguousarray(x)  # the kernels index it as (N, K)
         n, k = x.shape
         w = xp.ones(k, x.dtype) if self.weight is None else self.weight
