@@ -141,7 +141,9 @@ class BatchNormTrainFunction(Function):
     is never stored), the variance is one dot product (of the centred values, not
     E[x^2] - mean^2, which loses float32's digits to cancellation), and y = xc * (gamma *
     inv_std) + beta. Each pass runs over cache-sized batch slices on every core
-    (``utils.threads.over_batch``), the per-channel sums of the slices added up.
+    (``utils.threads.over_batch``), the per-channel sums of the slices added up. On CuPy
+    (``_forward_cupy``, ``_backward_cupy``) the sums are CuPy reductions over the whole batch and y
+    and gx one kernel each; a count summed by ``reduce`` stays on the device.
     """
 
     def __init__(self, running_mean=None, running_var=None, momentum=0.1, eps=1e-5, reduce=None):
