@@ -11,6 +11,7 @@ one or two standard ONNX operators, by the rule registered for its class in ``RU
     Conv2dFunction (and ...Winograd)  Conv
     BatchNormEvalFunction             BatchNormalization (the running statistics)
     ReLUFunction                      Relu
+    AddReLUFunction (residual)        Add + Relu
     LeakyReLU/Sigmoid/TanhFunction    LeakyRelu, Sigmoid, Tanh
     (Log)SoftmaxFunction              Softmax, LogSoftmax (axis)
     MaxPool2dFunction, AvgPool2d...   MaxPool (dilations, ceil_mode), AveragePool (ceil_mode,
@@ -38,7 +39,7 @@ from .functional.linear import LinearFunction
 from .functional.loss import LogSoftmaxFunction, SoftmaxFunction
 from .functional.normalization import BatchNormEvalFunction
 from .functional.pooling import AvgPool2dFunction, GlobalAvgPool2dFunction, MaxPool2dFunction
-from .functional.residual import PadChannelsFunction
+from .functional.residual import AddReLUFunction, PadChannelsFunction
 from .data.transforms import unit_scale_stats
 from .utils.finite import non_finite
 from .utils.io import atomic_write
@@ -136,6 +137,10 @@ def _relu(b, f, xs):
     return b.node("Relu", xs, "relu")
 
 
+def _add_relu(b, f, xs):
+    return b.node("Relu", [b.node("Add", xs, "add")], "relu")
+
+
 def _leaky_relu(b, f, xs):
     return b.node("LeakyRelu", xs, "leakyrelu", alpha=f.negative_slope)
 
@@ -214,6 +219,7 @@ RULES = {
     Conv2dWinogradFunction: _conv,
     BatchNormEvalFunction: _batch_norm,
     ReLUFunction: _relu,
+    AddReLUFunction: _add_relu,
     LeakyReLUFunction: _leaky_relu,
     SigmoidFunction: _elementwise("Sigmoid"),
     TanhFunction: _elementwise("Tanh"),

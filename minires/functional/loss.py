@@ -6,6 +6,11 @@ The losses take PyTorch's options: ``weight`` (one per class), ``ignore_index`` 
 rows count for nothing) and ``reduction``. With ``reduction="mean"`` the sum is divided by the
 total weight of the counted rows, sum_n w[labels[n]] (N without weights), as PyTorch does; a
 batch with nothing counted gives NaN and zero gradients, as there.
+
+On CuPy, cross-entropy's element-wise parts are kernels (``minires_softmax_exp``,
+``minires_ce_rows``, ``minires_ce_backward``) beside their NumPy twins, its row maxima and sums
+CuPy reductions; its labels are not checked on the host there (that would read them back every
+step): a label outside [0, K) that is not ``ignore_index`` makes its row's loss and gradient NaN.
 """
 import numpy
 
@@ -101,6 +106,99 @@ class _ClassLossFunction(Function):
         return gy / xp.where(d == 0, 1, d)  # nothing counted: every row's term is 0, so is the gradient
 
 
+# e = exp(x - mx[n]) for logits x (N, K) and their row maxima mx (N,)
+_softmax_exp_kernel = backend.ElementwiseKernel(
+    "T x, raw T mx, int32 K", "T e", "e = exp(x - mx[i / K])", "minires_softmax_exp")
+
+
+def softmax_exp(x, mx):
+    """The NumPy twin of ``minires_softmax_exp``."""
+    return numpy.exp(x - mx[:, None])  # (N,) -> (N, 1)
+
+
+# One row n of cross-entropy (CrossEntropyFunction's loss[n] with t = y[n], w_t = w[t]):
+#   lse = mx + log s (s = sum_k exp(x[n, k] - mx)),
+#   loss = -(1 - eps) w_t (x[n, t] - lse) - (eps / K) (xw - wsum lse), xw = sum_k w[k] x[n, k];
+# loss = wt = 0 for a row labelled ignore_index, NaN for another label outside [0, K) (there is
+# no host check of the labels on CuPy).
+_ce_rows_kernel = backend.ElementwiseKernel(
+    "int64 y, T mx, T s, T xw, raw T x, raw T w, raw T wsum, int32 K, int64 ignore_index, T eps",
+    "T loss, T lse, T wt",
+    """lse = mx + log(s);
+    if (y == ignore_index) {
+        loss = 0;
+        wt = 0;
+    } else if (y < 0 || y >= K) {
+        loss = wt = (T)nan("");
+    } else {
+        const T w_t = w[y];
+        T l = -((T)1 - eps) * w_t * (x[i * K + y] - lse);
+        if (eps != (T)0) l -= eps / K * (xw - wsum[0] * lse);
+        loss = l;
+        wt = w_t;
+    }""",
+    "minires_ce_rows")
+
+
+def _label_masks(y, k, ignore_index):
+    """(counted, inside, t) of labels y: not ignore_index, in [0, k), and y where inside else 0."""
+    inside = (y >= 0) & (y < k)
+    return y != ignore_index, inside, numpy.where(inside, y, 0)
+
+
+def ce_rows(y, mx, s, xw, x, w, wsum, ignore_index, eps):
+    """The NumPy twin of ``minires_ce_rows``: (loss, lse, wt), each (N,)."""
+    n, k = x.shape
+    counted, inside, t = _label_masks(y, k, ignore_index)
+    lse = mx + numpy.log(s)
+    w_t = w[t]
+    loss = -(1 - eps) * w_t * (x[numpy.arange(n), t] - lse)
+    if eps != 0:
+        loss -= eps / k * (xw - wsum[0] * lse)
+    nan = numpy.array(numpy.nan, x.dtype)
+    loss = numpy.where(counted, numpy.where(inside, loss, nan), 0).astype(x.dtype)
+    wt = numpy.where(counted, numpy.where(inside, w_t, nan), 0).astype(x.dtype)
+    return loss, lse, wt
+
+
+# gx[n, k] = g (t_sum p[n, k] - t[n, k]) with p = exp(x - lse[n]) the softmax, t[n, k] the target
+# weights of CrossEntropyFunction and t_sum = sum_k t[n, k]; g = g[n] (reduction "none") or g[0];
+# 0 in a row labelled ignore_index, NaN in a row with another label outside [0, K).
+_ce_backward_kernel = backend.ElementwiseKernel(
+    "T x, raw T lse, raw int64 y, raw T w, raw T wsum, raw T g, int32 K, int64 ignore_index, T eps, "
+    "int32 g_per_row",
+    "T gx",
+    """const ptrdiff_t n = i / K;
+    const int k = i % K;
+    const long long t = y[n];
+    if (t == ignore_index) {
+        gx = 0;
+    } else if (t < 0 || t >= K) {
+        gx = (T)nan("");
+    } else {
+        const T p = exp(x - lse[n]);
+        const T t_sum = ((T)1 - eps) * w[t] + eps / K * wsum[0];
+        T t_k = eps / K * w[k];
+        if (k == t) t_k += ((T)1 - eps) * w[t];
+        gx = (t_sum * p - t_k) * g[g_per_row ? n : 0];
+    }""",
+    "minires_ce_backward")
+
+
+def ce_backward(x, lse, y, w, wsum, g, ignore_index, eps, g_per_row):
+    """The NumPy twin of ``minires_ce_backward``: gx (N, K)."""
+    n, k = x.shape
+    counted, inside, t = _label_masks(y, k, ignore_index)
+    p = numpy.exp(x - lse[:, None])  # (N,) -> (N, 1)
+    t_sum = (1 - eps) * w[t] + eps / k * wsum[0]
+    t_k = numpy.repeat((eps / k * w)[None], n, axis=0)  # (K,) -> (N, K)
+    t_k[numpy.arange(n), t] += (1 - eps) * w[t]
+    g = g.reshape(-1, 1) if g_per_row else g[0]  # (N,) -> (N, 1)
+    gx = (t_sum[:, None] * p - t_k) * g  # t_sum (N,) -> (N, 1)
+    nan = numpy.array(numpy.nan, x.dtype)
+    return numpy.where(counted[:, None], numpy.where(inside[:, None], gx, nan), 0).astype(x.dtype)
+
+
 class CrossEntropyFunction(_ClassLossFunction):
     """loss[n] = -sum_k t[n, k] log softmax(x)[n, k] for x (N, K), with the target weights
     t[n, k] = (1 - eps) w[y_n] onehot(y_n)[k] + (eps / K) w[k]   (label smoothing eps; w = 1
@@ -117,6 +215,8 @@ class CrossEntropyFunction(_ClassLossFunction):
 
     def forward(self, x):
         xp = backend.get_array_module(x)
+        if xp is not numpy:
+            return self._forward_cupy(xp, x)
         n, k = x.shape
         logp = _log_softmax(x, 1)
         target, counted, w_target = self.targets(x)
@@ -128,8 +228,33 @@ class CrossEntropyFunction(_ClassLossFunction):
             self.logp, self.target, self.counted, self.w_target = logp, target, counted, w_target
         return self.reduce(loss, w_target)
 
+    def _forward_cupy(self, xp, x):
+        """The same on CuPy: row maxima, sums and x @ w by CuPy, the rest in one kernel over the
+        logits (the shifted exponentials) and one over the rows (loss, log-sum-exp, weight)."""
+        x = xp.ascontiguousarray(x)  # the kernels index it as (N, K)
+        n, k = x.shape
+        w = xp.ones(k, x.dtype) if self.weight is None else self.weight
+        wsum = w.sum().reshape(1)  # () -> (1,): a raw kernel argument
+        mx = x.max(axis=1)
+        s = _softmax_exp_kernel(x, mx, numpy.int32(k)).sum(axis=1)
+        self.labels = xp.ascontiguousarray(self.labels)
+        loss, lse, w_target = _ce_rows_kernel(self.labels, mx, s, x @ w, x, w, wsum, numpy.int32(k),
+                                              numpy.int64(self.ignore_index), x.dtype.type(self.eps))
+        if self.needs_input_grad[0]:
+            self.x, self.lse, self.w, self.wsum = x, lse, w, wsum
+        return self.reduce(loss, w_target)
+
+    def _backward_cupy(self, xp, gy):
+        x = self.x
+        g = xp.ascontiguousarray(self.scale(gy), dtype=x.dtype).reshape(-1)  # (N,) or (1,)
+        return _ce_backward_kernel(x, self.lse, self.labels, self.w, self.wsum, g, numpy.int32(x.shape[1]),
+                                   numpy.int64(self.ignore_index), x.dtype.type(self.eps),
+                                   numpy.int32(self.reduction == "none"))
+
     def backward(self, gy):
-        xp = backend.get_array_module(self.logp)
+        xp = backend.get_array_module(gy)
+        if xp is not numpy:
+            return self._backward_cupy(xp, gy)
         n, k = self.logp.shape
         eps, counted = self.eps, self.counted
         w_sum = k if self.weight is None else self.weight.sum()
@@ -184,8 +309,9 @@ def log_softmax(x, dim=-1):
     return LogSoftmaxFunction(_dim(x, dim, "log_softmax"))(x)
 
 
-def _class_loss_args(name, x, labels, weight, ignore_index, reduction):
-    """Checked labels (N,) int64 and weight (K,) of x's backend and dtype (or None)."""
+def _class_loss_args(name, x, labels, weight, ignore_index, reduction, check_range=True):
+    """Checked labels (N,) int64 and weight (K,) of x's backend and dtype (or None); their range
+    only if ``check_range`` (it reads them on the host)."""
     check_floating(name, x)
     if x.ndim != 2:
         raise ValueError(f"{name} expects {'logits' if name == 'cross_entropy' else 'log_probs'} of shape (N, K), "
@@ -199,8 +325,8 @@ def _class_loss_args(name, x, labels, weight, ignore_index, reduction):
                          f"got {tuple(labels.shape)}")
     if labels.dtype.kind not in "iu":
         raise ValueError(f"{name}: labels must be integers, got dtype {labels.dtype}")
-    outside = ((labels < 0) | (labels >= k)) & (labels != ignore_index)
-    if n and bool(outside.any()):
+    outside = ((labels < 0) | (labels >= k)) & (labels != ignore_index) if check_range else None
+    if check_range and n and bool(outside.any()):
         bad = backend.to_numpy(labels[outside])
         raise ValueError(f"{name}: labels must lie in [0, {k}) or equal ignore_index ({ignore_index}), "
                          f"found {numpy.unique(bad)[:5].tolist()}")
@@ -217,8 +343,13 @@ def cross_entropy(logits, labels, label_smoothing=0.0, weight=None, ignore_index
     """Softmax cross-entropy of ``logits`` (N, K) against integer ``labels`` (N,) in [0, K), as
     ``torch.nn.functional.cross_entropy``: ``weight`` (K,) per class, rows labelled
     ``ignore_index`` skipped, ``reduction`` "mean" (over the weight of the counted rows), "sum"
-    or "none" (the loss of each row, (N,))."""
-    labels, weight = _class_loss_args("cross_entropy", logits, labels, weight, ignore_index, reduction)
+    or "none" (the loss of each row, (N,)).
+
+    A label outside [0, K) that is not ``ignore_index`` raises on NumPy; on CuPy it makes its
+    row's loss NaN instead (checking would read the labels back to the host every step)."""
+    on_numpy = backend.get_array_module(logits) is numpy
+    labels, weight = _class_loss_args("cross_entropy", logits, labels, weight, ignore_index, reduction,
+                                      check_range=on_numpy)
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"cross_entropy: label_smoothing must lie in [0, 1], got {label_smoothing}")
     return CrossEntropyFunction(labels, label_smoothing, weight, ignore_index, reduction)(logits)

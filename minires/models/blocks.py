@@ -51,7 +51,7 @@ class BasicBlock(nn.Module):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         identity = x if self.downsample is None else self.downsample(x)
-        return self.relu(F.add(out, identity))
+        return F.add_relu(out, identity)  # relu(out + identity) as one op
 
 
 class Bottleneck(nn.Module):
@@ -86,7 +86,7 @@ class Bottleneck(nn.Module):
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
         identity = x if self.downsample is None else self.downsample(x)
-        return self.relu(F.add(out, identity))
+        return F.add_relu(out, identity)  # relu(out + identity) as one op
 
 
 def check_num_classes(num_classes):
