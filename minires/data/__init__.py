@@ -1,4 +1,5 @@
-"""CIFAR-10 loading, preprocessing and mini-batch iteration (NumPy on the host, any backend out)."""
+"""CIFAR-10 loading, preprocessing and mini-batch iteration (files read on the host, batches made on
+the backend's device)."""
 from .cifar import (ARCHIVE_NAME, CIFAR10_CLASSES, CIFAR10_MD5, CIFAR10_URL, FOLDER_NAME,
                     CorruptArchiveError, DatasetNotFoundError, SafeUnpickler, UnsafePickleError,
                     default_cache_dir, download_url, extract_archive, find_cifar10, load_batch,

@@ -1,9 +1,10 @@
-"""Mini-batches from in-memory arrays: shuffled, normalised, augmented and moved to the backend.
+"""Mini-batches from in-memory arrays: shuffled, normalised and augmented on the backend's device.
 
 Every random choice of an epoch (the order of the samples and each sample's crop and flip) is
 drawn from ``numpy.random.default_rng([seed, epoch])``. The batches are therefore a pure
 function of (seed, epoch, batch index), and the loader's whole state is three integers, which
-is what makes an interrupted run resume with exactly the batches it would have seen.
+is what makes an interrupted run resume with exactly the batches it would have seen. The plan is
+drawn on the host (the same numbers on every backend) and uploaded once per epoch.
 
 Data-parallel training (``rank``, ``world_size``): every rank draws the same plan and takes its
 own slice of every batch (``shard_bounds``), so the ranks' shards are disjoint, cover the epoch,
