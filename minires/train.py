@@ -207,6 +207,9 @@ def build_parser(exit_on_error=True):
     r.add_argument("--backend", choices=("numpy", "cupy"), default=None,
                    help="array backend (default: $MINIRES_BACKEND or numpy)")
     r.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="floating-point type")
+    r.add_argument("--tf32", action="store_true",
+                   help="on CuPy, float32 matrix products on TF32 tensor cores (faster, 10-bit mantissa inputs; "
+                        "sets CUPY_TF32=1); default: exact float32")
     r.add_argument("--seed", type=int, default=0, help="seed for weights, shuffling and augmentation")
     r.add_argument("--out", default=None,
                    help="output folder (default: runs/<model>, or runs/<model>-<recipe> for a --recipe other than "
@@ -662,6 +665,8 @@ def main(argv=None):
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(parser, argv)
+    if args.tf32:
+        backend.set_tf32(True)  # before CuPy's first matrix product
     comm = None
     if args.distributed:
         try:

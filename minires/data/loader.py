@@ -1,9 +1,10 @@
-"""Mini-batches from in-memory arrays: shuffled, normalised, augmented and moved to the backend.
+"""Mini-batches from in-memory arrays: shuffled, normalised and augmented on the backend's device.
 
 Every random choice of an epoch (the order of the samples and each sample's crop and flip) is
 drawn from ``numpy.random.default_rng([seed, epoch])``. The batches are therefore a pure
 function of (seed, epoch, batch index), and the loader's whole state is three integers, which
-is what makes an interrupted run resume with exactly the batches it would have seen.
+is what makes an interrupted run resume with exactly the batches it would have seen. The plan is
+drawn on the host (the same numbers on every backend) and uploaded once per epoch.
 
 Data-parallel training (``rank``, ``world_size``): every rank draws the same plan and takes its
 own slice of every batch (``shard_bounds``), so the ranks' shards are disjoint, cover the epoch,
@@ -13,10 +14,10 @@ counts whole batches, so a checkpoint moves between runs with different numbers 
 
 import numpy
 
-from ..backend import get_array_module, get_backend, get_module, to_backend
+from ..backend import get_backend, get_module, to_backend
 from .cifar import TEST_FILE, load_batch, load_cifar10, load_class_names, find_cifar10
-from .transforms import (NORMALIZATIONS, channel_stats, crop_flip, draw_crop_flip, normalize, pixel_mean,
-                         preprocessing_entry)
+from .transforms import (NORMALIZATIONS, channel_stats, draw_crop_flip, normalize, normalize_crop_flip,
+                         pixel_mean, preprocessing_entry)
 
 __all__ = ["ArrayLoader", "make_cifar10_loaders", "make_cifar10_test_loader", "shard_bounds", "training_stats"]
 
@@ -41,7 +42,11 @@ class ArrayLoader:
     0..255 scale, see ``transforms``), then, when ``augment`` is true, padded by ``pad`` and
     randomly cropped and flipped (after normalising, so the padding is 0 = the mean image, as in
     the paper). Batches are arrays of the ``backend`` (None: ``minires.backend.get_backend()``);
-    labels are int64. x and y may live on the host or already on that backend.
+    labels are int64. x and y may live on the host or already on that backend; they are moved
+    to it once, whole (CIFAR-10's 50,000 training images are 150 MB as uint8), and every batch is
+    gathered, normalised, cropped and flipped there. The epoch's plan (order, offsets, flips) is
+    drawn on the host and uploaded once per epoch, so a seed gives the same batches on every
+    backend, and making a batch copies nothing between host and device.
 
     One pass over the loader is one epoch; ``len(loader)`` is the number of batches. The last
     partial batch is kept unless ``drop_last``, on any number of ranks: a rank whose share of
@@ -75,13 +80,13 @@ class ArrayLoader:
         if x.shape[0] == 0 or (drop_last and x.shape[0] < batch_size):
             raise ValueError(f"{x.shape[0]} samples give no batch of size {batch_size}"
                              + (" with drop_last" if drop_last else ""))
-        self.x, self.y = x, y
+        self.backend = backend or get_backend()
+        self.x, self.y = to_backend(x, self.backend), to_backend(y, self.backend)
         self.batch_size = int(batch_size)
         self.shuffle, self.drop_last, self.augment = shuffle, drop_last, augment
         self.seed, self.pad = int(seed), pad
         self.rank, self.world_size = int(rank), int(world_size)
         self.dtype = numpy.dtype(dtype)
-        self.backend = backend or get_backend()
         xp = get_module(self.backend)
         self.classes = None if classes is None else tuple(classes)
         self._preprocessing = preprocessing_entry(mean, std)  # float64, before the cast to dtype
@@ -106,17 +111,22 @@ class ArrayLoader:
     def __iter__(self):
         epoch, start = self.epoch, self.batch
         order, offsets, flips = self.epoch_plan(epoch)
-        index_xp = get_array_module(self.x)
+        xp = get_module(self.backend)
+        # The plan goes to the device once per epoch; each batch takes views of it.
+        order_d = xp.asarray(order)
+        if self.augment:
+            top, left, flips = xp.asarray(offsets[:, 0]), xp.asarray(offsets[:, 1]), xp.asarray(flips)
         for k in range(start, len(self)):
             start = k * self.batch_size
             lo, hi = shard_bounds(min(self.batch_size, self.x.shape[0] - start), self.rank, self.world_size)
             rows = slice(start + lo, start + hi)
-            idx = index_xp.asarray(order[rows])
-            xb = to_backend(self.x[idx], self.backend)
-            yb = to_backend(self.y[idx], self.backend).astype("int64", copy=False)
-            xb = normalize(xb, self.mean, self.std, self.dtype)
+            idx = order_d[rows]
             if self.augment:
-                xb = crop_flip(xb, offsets[rows], flips[rows], self.pad)
+                xb = normalize_crop_flip(self.x, idx, top[rows], left[rows], flips[rows], self.mean, self.std,
+                                         self.dtype, self.pad)
+            else:
+                xb = normalize(self.x[idx], self.mean, self.std, self.dtype)
+            yb = self.y[idx].astype("int64", copy=False)
             # Advance before yielding: a state_dict taken while this batch is in use resumes
             # with the next one.
             if k + 1 == len(self):

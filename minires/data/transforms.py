@@ -14,10 +14,11 @@ then subtracts ``mean / 255`` and, when a std is given, divides by ``std / 255``
 """
 import numpy
 
-from ..backend import get_array_module, to_numpy
+from ..backend import ElementwiseKernel, get_array_module, to_numpy
 
 __all__ = ["channel_stats", "pixel_mean", "normalize", "unit_scale_stats", "preprocessing_entry",
-           "check_preprocessing", "crop_flip", "draw_crop_flip", "random_crop_flip"]
+           "check_preprocessing", "crop_flip", "crop_flip_at", "normalize_crop_flip", "draw_crop_flip",
+           "random_crop_flip"]
 
 NORMALIZATIONS = ("pixel_mean", "channel", "none")
 
@@ -154,6 +155,20 @@ def crop_flip(x, offsets, flips, pad=4):
     if offsets.size and (offsets.min() < 0 or offsets.max() > 2 * pad):
         raise ValueError(f"offsets must lie in [0, {2 * pad}] for pad={pad}")
 
+    return crop_flip_at(x, xp.asarray(offsets[:, 0]), xp.asarray(offsets[:, 1]), xp.asarray(numpy.flatnonzero(flips)),
+                        pad)
+
+
+def crop_flip_at(x, top, left, flipped, pad=4):
+    """``crop_flip`` with its plan already on x's device: ``top`` and ``left`` (N,) integer
+    arrays (the offsets), ``flipped`` the (sorted) indices of the images to mirror.
+
+    It reads nothing back from the device (the values are not checked: ``crop_flip`` does that
+    on the host) and copies nothing to it, so a loader can upload an epoch's plan once and give
+    each batch views of it.
+    """
+    xp = get_array_module(x)
+    n, c, h, w = x.shape
     padded = xp.zeros((n, c, h + 2 * pad, w + 2 * pad), dtype=x.dtype)
     padded[:, :, pad:pad + h, pad:pad + w] = x
     # windows[i, ch, dy, dx] is the h x w crop of image i whose top-left corner is (dy, dx).
@@ -162,13 +177,71 @@ def crop_flip(x, offsets, flips, pad=4):
     windows = xp.lib.stride_tricks.as_strided(
         padded, shape=(n, c, 2 * pad + 1, 2 * pad + 1, h, w), strides=(sn, sc, sh, sw, sh, sw))
     # Advanced indices on axes 0, 2, 3 pick one window per image -> (N, C, H, W).
-    top = xp.asarray(offsets[:, 0])
-    left = xp.asarray(offsets[:, 1])
     out = windows[xp.arange(n), :, top, left]
-    # The flip indices are found on the host, so CuPy needs no device sync for a boolean mask.
-    flipped = xp.asarray(numpy.flatnonzero(flips))
+    # Integer indices, not a boolean mask: CuPy would read a mask's count back from the device.
     out[flipped] = out[flipped, :, :, ::-1]
     return out
+
+
+# normalize_crop_flip on CuPy: one thread per output element (b, ch, yy, xx) reads its own source
+# pixel, x[idx[b], ch, sy, sx], or writes the padding's 0. The statistics are indexed with
+# element strides (ms_c, ms_y, ms_x), 0 along the axes they are broadcast on: (C,) per channel,
+# (C, H, W) per pixel. The arithmetic is normalize's, in T: x / 255, - mean, / std.
+_NORMALIZE_CROP_FLIP = ElementwiseKernel(
+    "raw X x, raw int64 idx, raw int64 top, raw int64 left, raw bool flip, raw T mean, raw T std, "
+    "int32 c, int32 h, int32 w, int32 pad, int32 has_mean, int32 ms_c, int32 ms_y, int32 ms_x, "
+    "int32 has_std, int32 ss_c, int32 ss_y, int32 ss_x",
+    "T y",
+    """
+    int xx = i % w;
+    int yy = (i / w) % h;
+    int ch = (i / (w * h)) % c;
+    long long b = i / ((long long)w * h * c);
+    int col = flip[b] ? w - 1 - xx : xx;  // mirrored after the crop
+    int sy = yy + (int)top[b] - pad;
+    int sx = col + (int)left[b] - pad;
+    if (sy < 0 || sy >= h || sx < 0 || sx >= w) {
+        y = (T)0;
+    } else {
+        T v = (T)x[((idx[b] * c + ch) * h + sy) * w + sx] / (T)255;
+        if (has_mean) v -= mean[ch * ms_c + sy * ms_y + sx * ms_x];
+        if (has_std) v /= std[ch * ss_c + sy * ss_y + sx * ss_x];
+        y = v;
+    }
+    """,
+    "minires_normalize_crop_flip")
+
+
+def normalize_crop_flip(x, idx, top, left, flip, mean=None, std=None, dtype="float32", pad=4):
+    """The augmented batch of images ``idx`` of x (M, C, H, W): ``normalize`` them, then
+    ``crop_flip`` them, image b at offsets (top[b], left[b]) and mirrored where flip[b].
+
+    idx, top, left (N,) int64 and flip (N,) bool arrays on x's device (views of an epoch's plan
+    uploaded once). Nothing is read back from the device or copied to it. NumPy: the gather,
+    ``normalize`` and ``crop_flip_at``; CuPy: one kernel (``minires_normalize_crop_flip``) that
+    does all three with the same arithmetic. Returns (N, C, H, W) of ``dtype``.
+    """
+    xp = get_array_module(x)
+    if xp is numpy:
+        return crop_flip_at(normalize(x[idx], mean, std, dtype), top, left, numpy.flatnonzero(flip), pad)
+    _check_images(x)
+    _, c, h, w = x.shape
+    dtype = numpy.dtype(dtype)
+    args = []
+    for s in unit_scale_stats(mean, std, c, dtype, xp):
+        if s is None:
+            args += [xp.zeros(1, dtype), 0, 0, 0, 0]
+        else:
+            # (C, H, W) element strides; 0 where broadcast
+            s = xp.ascontiguousarray(s)
+            strides = [st // s.itemsize for st in xp.broadcast_to(s, (c, h, w)).strides]
+            args += [s, 1] + strides
+    mean_args, std_args = args[:5], args[5:]
+    y = xp.empty((len(idx), c, h, w), dtype)
+    i32 = numpy.int32
+    _NORMALIZE_CROP_FLIP(x, idx, top, left, flip, mean_args[0], std_args[0], i32(c), i32(h), i32(w), i32(pad),
+                         *[i32(v) for v in mean_args[1:]], *[i32(v) for v in std_args[1:]], y)
+    return y
 
 
 def draw_crop_flip(n, pad=4, rng=None):

@@ -15,7 +15,7 @@ import time
 import numpy
 
 from .. import functional as F
-from ..backend import to_numpy
+from ..backend import get_array_module, to_numpy
 from ..autograd import Tensor, no_grad
 from ..nn import fuse_conv_bn
 from .errors import Interrupted, NonFiniteError, OutOfMemoryError, TrainingError
@@ -26,6 +26,14 @@ from .metrics import epoch_row
 from .progress import progress_bar
 from .state import fresh_partial
 from .stop import StopRequest
+
+
+# Batches between two reads of the training loss and accuracy when the batches live on a device:
+# each read waits for the device to finish, so the loop reads only every READ_EVERY batches (and
+# at the end of an epoch, and before a checkpoint). NumPy batches are read after every batch:
+# their numbers are on the host already, and a nan then stops the run before it changes the
+# weights.
+READ_EVERY = 50
 
 
 class LoopHooks:
@@ -45,12 +53,14 @@ class LoopHooks:
       all-reduce), the gradient of the whole batch's mean loss, so every process takes that step.
     - ``any(flag)``: combine a per-process bool so that every process gets the same answer:
       True when it is True on any process (an all-reduce with max). The loop calls it with the
-      Ctrl-C request before every batch and at the end of every epoch, and with "the loss is not
-      finite" after every forward pass, so all processes stop at the same batch.
+      Ctrl-C request before every batch and at the end of every epoch, and where it reads the
+      losses (see ``READ_EVERY``: after every batch on NumPy) with "a loss is not finite", so
+      all processes stop at the same batch.
     - ``sum(values)``: a list of numbers summed over the processes, element by element. The loop
-      calls it for the reported metrics (every batch's loss sum, correct and seen, so that the
-      running sums of the epoch, and a checkpoint of them, cover the whole batch on every
-      process; the same of an evaluation).
+      calls it where it reads the losses, with each unread batch's loss sum, correct and seen
+      (so that the running sums of the epoch, and a checkpoint of them, cover the whole batch on
+      every process), and in a batch it does not read, with its number of images (for the
+      share); the same of an evaluation. Every process makes the same calls in the same order.
     - ``forward_without_images``: a process whose share of a batch is empty (a last batch
       smaller than the number of processes) still takes part in every exchange: its gradients
       count with share 0. With True it also runs the model's forward and backward on its empty
@@ -71,6 +81,60 @@ class LoopHooks:
         return list(values)
 
 
+class UnreadSums:
+    """The loss and correct count of each batch since the last read, left on the device.
+
+    ``add`` keeps a batch's loss (the 0-d array of its mean loss) and correct count (a 0-d
+    integer array) as they are, without waiting for them; ``read`` brings all of them to the
+    host in one transfer, sums each batch over the processes, checks that the losses are finite
+    and adds them to ``sums`` batch by batch, in order: the same float64 sums, in the same order,
+    as reading each batch on its own gives, whichever batches are read together.
+    """
+
+    def __init__(self):
+        self.batches = []
+
+    def add(self, loss, correct, n, where):
+        """``loss`` and ``correct`` arrays (None for a process with no images in the batch), its
+        ``n`` images, and ``where`` (e.g. "at epoch 2, iteration 5") for the error message."""
+        self.batches.append((loss, correct, n, where))
+
+    def read(self, sums, hooks):
+        """Add the unread batches to ``sums`` (a dict with "loss_sum", "correct" and "seen"), each
+        batch summed over the processes (``hooks``: one ``any``, whether a loss is not finite,
+        and one ``sum``). Returns the number of images of the last batch (on all processes).
+
+        Raises NonFiniteError, naming the first batch whose loss is not finite on any process,
+        before any of the batches is added."""
+        batches = self.take()
+        if not batches:  # the same on every process: they have seen the same batches
+            return None
+        anywhere = hooks.any(not all(math.isfinite(value) for value, _, _, _ in batches))
+        summed = hooks.sum([x for value, correct, n, _ in batches for x in (value * n, correct, n)])
+        if anywhere:
+            for k, (value, _, _, where) in enumerate(batches):
+                check_loss(value, where, not math.isfinite(summed[3 * k]))
+        for k in range(len(batches)):
+            sums["loss_sum"] += summed[3 * k]
+            sums["correct"] += int(summed[3 * k + 1])
+            sums["seen"] += int(summed[3 * k + 2])
+        return summed[-1]
+
+    def take(self):
+        """The unread batches as host numbers, ``[(loss, correct, n, where), ...]`` (a loss of
+        0.0 and 0 correct for a process with no images), and none left unread."""
+        batches, self.batches = self.batches, []
+        arrays = [a for loss, correct, _, _ in batches if loss is not None for a in (loss, correct)]
+        values = iter([])
+        if arrays:
+            xp = get_array_module(*arrays)
+            # One transfer for all of them: each is a float32 loss or an int64 count (< 2**53),
+            # both exact in float64.
+            values = iter(to_numpy(xp.stack([a.astype(xp.float64) for a in arrays])).tolist())
+        return [(next(values), next(values), n, where) if loss is not None else (0.0, 0.0, n, where)
+                for loss, _, n, where in batches]
+
+
 def evaluate(model, loader, label_smoothing=0.0, hooks=None, confusion=None):
     """Mean loss and accuracy over a loader, in eval mode and without a graph. ``model`` is not
     changed (its train/eval modes included): what runs is ``nn.fuse_conv_bn`` of it in eval
@@ -85,7 +149,7 @@ def evaluate(model, loader, label_smoothing=0.0, hooks=None, confusion=None):
     finally:
         for m, mode in modes:
             m.training = mode
-    total_loss, correct, seen = 0.0, 0, 0
+    unread = UnreadSums()
     with no_grad():
         for xb, yb in loader:
             if not len(yb):  # this process's share of a last batch smaller than the processes
@@ -93,14 +157,19 @@ def evaluate(model, loader, label_smoothing=0.0, hooks=None, confusion=None):
             try:
                 logits = fused(Tensor(xb))
                 n = len(yb)
-                total_loss += F.cross_entropy(logits, yb, label_smoothing).item() * n
+                loss = F.cross_entropy(logits, yb, label_smoothing)
             except MemoryError as e:
                 raise OutOfMemoryError(f"out of memory evaluating a batch of {len(yb)} images: {e}") from None
             predicted = logits.data.argmax(axis=1)
-            correct += int((predicted == yb).sum())
-            seen += n
+            unread.add(loss.data, (predicted == yb).sum(), n, None)
             if confusion is not None:
                 numpy.add.at(confusion, (to_numpy(yb), to_numpy(predicted)), 1)
+    # Read once, at the end: the same sums, in the same order, as reading every batch.
+    total_loss, correct, seen = 0.0, 0, 0
+    for value, batch_correct, n, _ in unread.take():
+        total_loss += value * n
+        correct += int(batch_correct)
+        seen += n
     if confusion is not None:
         confusion[...] = numpy.reshape(hooks.sum(confusion.ravel().tolist()), confusion.shape)
     total_loss, correct, seen = hooks.sum([total_loss, correct, seen])
@@ -109,7 +178,8 @@ def evaluate(model, loader, label_smoothing=0.0, hooks=None, confusion=None):
     return total_loss / seen, correct / seen
 
 
-def train_epoch(state, stop, epochs, label_smoothing=0.0, progress=True, hooks=None, extensions=()):
+def train_epoch(state, stop, epochs, label_smoothing=0.0, progress=True, hooks=None, extensions=(),
+                read_every=None):
     """One pass over ``state.loader`` (from where it stands: a resumed run may start mid-epoch).
 
     ``state.partial`` holds the epoch's running sums, so that a run stopped in the middle of an
@@ -117,9 +187,16 @@ def train_epoch(state, stop, epochs, label_smoothing=0.0, progress=True, hooks=N
     every batch). ``epochs``: the run's total, for the bar. ``extensions``: those whose
     ``on_iteration`` runs after the iterations their trigger names.
 
-    Raises NonFiniteError when the loss is not finite (before it changes the weights),
-    OutOfMemoryError when a batch does not fit, and Interrupted when ``stop.requested`` or a
-    KeyboardInterrupt ends the epoch early.
+    The losses and correct counts stay on the device until they are read (``UnreadSums``):
+    after every ``read_every``-th iteration (None: after every one for NumPy batches,
+    ``READ_EVERY`` for device batches), at the end of the epoch and when the epoch is interrupted
+    (before its checkpoint). Nothing else in the loop waits for the device. An extension's
+    ``on_iteration`` sees ``state.partial`` as of the last read.
+
+    Raises NonFiniteError when a loss read is not finite (naming the iteration it came from; on
+    NumPy, read after every batch, before it changes the weights), OutOfMemoryError when a batch
+    does not fit, and Interrupted when ``stop.requested`` or a KeyboardInterrupt ends the epoch
+    early.
     """
     hooks = hooks or LoopHooks()
     model, loader, optimizer, schedule, partial = (state.model, state.loader, state.optimizer,
@@ -128,6 +205,19 @@ def train_epoch(state, stop, epochs, label_smoothing=0.0, progress=True, hooks=N
     bar = progress_bar(len(loader), f"epoch {state.epoch + 1}/{epochs}", enabled=progress and hooks.is_main,
                        done=loader.batch)
     start = time.perf_counter()
+    unread = UnreadSums()
+
+    def read():
+        """Bring the unread sums into ``partial`` and show them on the bar; returns the number of
+        images of the last batch read (on all processes)."""
+        seen = unread.read(partial, hooks)
+        elapsed = partial["seconds"] + time.perf_counter() - start
+        if partial["seen"]:
+            bar.set_postfix_str(f"loss={partial['loss_sum'] / partial['seen']:.3f} "
+                                f"acc={partial['correct'] / partial['seen']:.3f} "
+                                f"img_s={partial['seen'] / elapsed:.0f}", refresh=False)
+        return seen
+
     # The loader moves on to the next batch before it hands one out, so its state_dict says
     # "after this batch" while the batch is still being worked on. ``position`` is the state
     # of what has really been learnt; an interruption rewinds the loader to it, and the
@@ -137,8 +227,11 @@ def train_epoch(state, stop, epochs, label_smoothing=0.0, progress=True, hooks=N
     try:
         for xb, yb in loader:
             if hooks.any(stop.requested):
+                read()
                 loader.load_state_dict(position)
                 raise Interrupted(resumable=True)
+            if read_every is None:
+                read_every = 1 if get_array_module(xb) is numpy else READ_EVERY
             # From here to the end of the bookkeeping the batch changes the state one piece at a
             # time: BatchNorm's running statistics in the forward pass, then the weights, the
             # momentum, the iteration count and the sums. An exception in between leaves a mix of
@@ -147,15 +240,18 @@ def train_epoch(state, stop, epochs, label_smoothing=0.0, progress=True, hooks=N
             where = f"at epoch {state.epoch + 1}, iteration {schedule.step_count + 1}"
             try:
                 n = len(yb)
-                loss, value, correct = None, 0.0, 0
+                loss = None
                 if n or hooks.forward_without_images:
                     logits = model(Tensor(xb))
                     # no images: a loss of 0 whose backward still runs the model's exchanges
                     loss = F.cross_entropy(logits, yb, label_smoothing) if n else logits.sum()
-                    value = loss.item()
-                    correct = int((logits.data.argmax(axis=1) == yb).sum())
-                check_loss(value, where, hooks.any(not math.isfinite(value)))
-                loss_sum, correct, seen = hooks.sum([value * n, correct, n])  # of the whole batch
+                    unread.add(loss.data, (logits.data.argmax(axis=1) == yb).sum(), n, where)
+                else:
+                    unread.add(None, None, n, where)
+                if (schedule.step_count + 1) % read_every == 0:
+                    seen = read()  # before this batch's loss changes the weights
+                else:
+                    seen = hooks.sum([n])[0]  # the images of the whole batch
                 optimizer.zero_grad()
                 if loss is not None:
                     loss.backward()
@@ -164,25 +260,20 @@ def train_epoch(state, stop, epochs, label_smoothing=0.0, progress=True, hooks=N
             except MemoryError as e:
                 raise OutOfMemoryError(f"out of memory {where}, in a batch of {len(yb)} images: {e}") from None
             schedule.step()
-            partial["loss_sum"] += loss_sum
-            partial["correct"] += int(correct)
-            partial["seen"] += int(seen)
             in_batch = False
             position = loader.state_dict()
-            elapsed = partial["seconds"] + time.perf_counter() - start
-            bar.set_postfix_str(f"loss={partial['loss_sum'] / partial['seen']:.3f} "
-                                f"acc={partial['correct'] / partial['seen']:.3f} "
-                                f"img_s={partial['seen'] / elapsed:.0f}", refresh=False)
             bar.update(1)
             for e in extensions:
                 if iteration_triggered(e, schedule.step_count):
                     e.on_iteration(state)
+        read()
     except KeyboardInterrupt:
         # Not a first Ctrl-C under StopRequest (that only sets stop.requested), but a second
         # one, or one raised by other code. Outside a batch's work (in the loader, in the
         # progress bar) the state is whole, but the loader may have moved on already.
         if in_batch:
             raise Interrupted(resumable=False) from None
+        read()
         loader.load_state_dict(position)
         raise Interrupted(resumable=True) from None
     finally:
@@ -191,7 +282,7 @@ def train_epoch(state, stop, epochs, label_smoothing=0.0, progress=True, hooks=N
 
 
 def fit(state, test_loader, epochs, out=None, label_smoothing=0.0, progress=True, hooks=None,
-        resumed_from=None, log=print, extensions=None, val_loader=None):
+        resumed_from=None, log=print, extensions=None, val_loader=None, read_every=None):
     """Train ``state`` (a TrainState) until ``state.epoch == epochs``, evaluating on
     ``test_loader`` after every epoch. Returns ``state.history`` (one metrics row per epoch).
 
@@ -204,6 +295,8 @@ def fit(state, test_loader, epochs, out=None, label_smoothing=0.0, progress=True
     the state was loaded from (the one to go back to should the run fail before it saves its own).
     ``val_loader``: images held out of the training set, evaluated after every epoch too (the
     row's "val_loss" and "val_acc", which extensions can watch instead of the test set's).
+    ``read_every``: iterations between reads of the training loss from the device (see
+    ``train_epoch``).
 
     ``out`` (a folder) is held while the run goes (``folder``): RunFolderError when another
     process holds it, or when a state that has not trained yet, or one resumed from another
@@ -242,7 +335,7 @@ def fit(state, test_loader, epochs, out=None, label_smoothing=0.0, progress=True
             for e in running:
                 e.initialize(state, epochs)
             _run_epochs(state, test_loader, val_loader, epochs, label_smoothing, progress, hooks, running, stop,
-                        snapshots, good)
+                        snapshots, good, read_every)
         finally:
             for e in running:
                 e.finalize(state)
@@ -250,12 +343,12 @@ def fit(state, test_loader, epochs, out=None, label_smoothing=0.0, progress=True
 
 
 def _run_epochs(state, test_loader, val_loader, epochs, label_smoothing, progress, hooks, extensions, stop,
-                snapshots, good):
+                snapshots, good, read_every):
     """The epochs of ``fit``."""
     per_iteration = [e for e in extensions if e.trigger[1] == "iteration"]
     while state.epoch < epochs and not any(getattr(e, "stop_training", False) for e in extensions):
         try:
-            train_epoch(state, stop, epochs, label_smoothing, progress, hooks, per_iteration)
+            train_epoch(state, stop, epochs, label_smoothing, progress, hooks, per_iteration, read_every)
         except Interrupted as e:
             if not e.resumable or not snapshots:
                 raise Interrupted(e.resumable, checkpoint=good()) from None
