@@ -534,7 +534,7 @@ def main(argv=None):
             names = [k for k in keys if k.endswith("_tf32") == bool(tf32)]
             if not names:
                 continue
-            row = {"model": args.model, "phase": phase, "tf32": bool(tf32)}
+            row = {"model": args.model, "batch_size": args.batch_size, "phase": phase, "tf32": bool(tf32)}
             line, notes = [], []
             for key in names:
                 name = key.removesuffix("_tf32")
