@@ -1,0 +1,157 @@
+"""The GPU check's machinery on the CPU: phases with budgets, reports after every phase, the data
+subset that travels with it, and train_step's GPU options (benchmarks/gpu_check.py, gpu_data.py,
+train_step.py)."""
+import json
+
+import numpy as np
+import pytest
+
+from benchmarks import gpu_check, gpu_data, train_step
+from minires.data import load_cifar10
+from minires.train import build_parser, parse_args
+
+
+@pytest.fixture(scope="module")
+def subset_dir(tmp_path_factory):
+    """A small subset (100 training, 50 test images) written by gpu_data from a generated CIFAR-10."""
+    from conftest import write_tiny_cifar10
+    source = write_tiny_cifar10(tmp_path_factory.mktemp("cifar") / "cifar-10-batches-py", per_batch=64, n_test=64)
+    out = tmp_path_factory.mktemp("subset")
+    assert gpu_data.main(["--data-dir", str(source), "--out", str(out), "--train", "100", "--test", "50"]) == 0
+    return out
+
+
+# -- the data subset ---------------------------------------------------------------------------------
+
+def test_gpu_data_writes_the_stated_subset_of_real_cifar10(cifar10_dir, tmp_path):
+    assert gpu_data.main(["--data-dir", str(cifar10_dir), "--out", str(tmp_path)]) == 0
+    x_train, y_train, x_test, y_test = gpu_data.load_subset(tmp_path)
+    assert x_train.shape == (15000, 3, 32, 32) and x_test.shape == (5000, 3, 32, 32)
+    assert np.bincount(y_train, minlength=10).tolist() == [1500] * 10
+    info = json.loads((tmp_path / "subset.json").read_text())
+    total = sum((tmp_path / name).stat().st_size for name in gpu_data.FILES)
+    assert info["total_bytes"] == total and 61_000_000 < total < 62_000_000  # "about 61 MB"
+    assert total + (tmp_path / "subset.json").stat().st_size < gpu_data.CARRY_LIMIT - 2 * 2 ** 20  # room for the tree
+    full = load_cifar10(cifar10_dir)
+    np.testing.assert_array_equal(x_test, full[2][:5000])
+    first_cats = np.flatnonzero(full[1] == 3)[:1500]  # the first 1,500 cats, in order
+    np.testing.assert_array_equal(x_train[y_train == 3], full[0][first_cats])
+
+
+def test_subset_turns_into_a_cifar_folder_the_training_cli_reads(subset_dir, tmp_path):
+    x_train, y_train, x_test, y_test = gpu_data.load_subset(subset_dir)
+    assert x_train.shape == (100, 3, 32, 32) and np.bincount(y_train).tolist() == [10] * 10
+    folder = gpu_data.write_cifar_folder(subset_dir, tmp_path / "cifar-10-batches-py")
+    loaded = load_cifar10(folder)
+    for a, b in zip(loaded, (x_train, y_train, x_test, y_test)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_gpu_data_refuses_what_it_cannot_use(subset_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("MINIRES_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # no CIFAR-10 found elsewhere
+    assert gpu_data.main(["--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.startswith("gpu_data: CIFAR-10 not found")
+    assert gpu_data.main(["--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o"), "--train", "15"]) == 2
+    assert "--train must be a multiple of 10" in capsys.readouterr().err
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for name in gpu_data.FILES:
+        (bad / name).write_bytes((subset_dir / name).read_bytes())
+    np.save(bad / "train_x.npy", np.zeros((100, 3, 32, 32), np.float32))
+    with pytest.raises(ValueError, match="train_x.npy: expected uint8"):
+        gpu_data.load_subset(bad)
+
+
+# -- phases, budgets, reports ------------------------------------------------------------------------
+
+def test_a_phase_past_its_budget_is_stopped_and_the_next_still_runs(subset_dir, tmp_path, monkeypatch):
+    written = []  # the phases each report held when it was written
+    real_write = gpu_check.write_reports
+
+    def spy(report, out):
+        real_write(report, out)
+        saved = json.loads((out / gpu_check.REPORT_JSON).read_text())
+        written.append([(p["name"], p["status"]) for p in saved["phases"]])
+
+    monkeypatch.setattr(gpu_check, "write_reports", spy)
+    out = tmp_path / "report"
+    rc = gpu_check.main(["--backend", "numpy", "--quick", "--data-dir", str(subset_dir), "--out", str(out),
+                         "--phases", "tests,train", "--budget", "tests=0.5"])
+    assert rc == 1  # a phase did not pass
+    assert written[0] == []  # before the first phase
+    assert written[1] == [("tests", "timed out")]
+    assert written[2] == [("tests", "timed out"), ("train", "ok")]
+    report = json.loads((out / gpu_check.REPORT_JSON).read_text())
+    assert report["finished"] and report["pending"] == []
+    train = report["phases"][1]
+    assert train["result"]["epoch"] == 1 and 0 <= train["result"]["test_acc"] <= 1
+    assert "stopped after 0 s" in report["phases"][0]["summary"]
+    md = (out / gpu_check.REPORT_MD).read_text()
+    assert "| tests | timed out |" in md and "| train | ok |" in md
+    assert sorted(p.name for p in out.iterdir()) == ["gpu_check.json", "gpu_check.md", "tests.log", "train.log"]
+    assert "===== tests" in (out / "tests.log").read_text()
+
+
+def test_phases_past_the_total_budget_are_skipped_and_reported(tmp_path):
+    out = tmp_path / "report"
+    # tests starts with 1.5 s left and stops at 0.6 s; less than the 1 s a phase needs remains
+    assert gpu_check.main(["--backend", "numpy", "--quick", "--out", str(out), "--total", "1.5",
+                           "--budget", "tests=0.6", "--phases", "tests,bench-resnet20"]) == 1
+    report = json.loads((out / gpu_check.REPORT_JSON).read_text())
+    assert [(p["name"], p["status"]) for p in report["phases"]] == [("tests", "timed out"),
+                                                                    ("bench-resnet20", "skipped")]
+    assert len(list(out.iterdir())) <= 8
+
+
+def test_the_gpu_plan_runs_the_stated_commands_within_eight_minutes(tmp_path):
+    args = argparse_namespace(backend="cupy", quick=False, data_dir=str(tmp_path), phases=None)
+    phases = {p.name: p for p in gpu_check.plan(args, str(tmp_path))}
+    assert list(phases) == list(gpu_check.BUDGETS) and sum(gpu_check.BUDGETS.values()) <= gpu_check.TOTAL == 480
+    assert phases["tests"].env == {"MINIRES_BACKEND": "cupy"} and phases["tests"].argv[-2:] == ["-k", "cupy"]
+    for name in ("bench-resnet20", "bench-resnet56", "bench-resnet18"):
+        bench = train_step._parser().parse_args(phases[name].argv[3:])  # after python -m benchmarks.train_step
+        assert (bench.backend, bench.compare, bench.tf32, bench.batch_size, bench.dtype) == \
+            ("cupy", "torch", "both", 128, "float32")
+    assert train_step._parser().parse_args(phases["bench-resnet18"].argv[3:]).stem == "cifar"
+    train = parse_args(build_parser(), phases["train"].argv[3:])  # after python -m minires.train
+    assert (train.backend, train.epochs, train.depth) == ("cupy", 1, 20)
+
+
+def test_gpu_check_refuses_bad_arguments_before_starting(tmp_path, capsys):
+    for argv, message in ((["--phases", "tests,nonsense"], "no phase 'nonsense'"),
+                          (["--budget", "tests=soon"], "must be a number"),
+                          (["--phases", "train"], "--data-dir is needed"),
+                          (["--phases", "train", "--data-dir", str(tmp_path)], "train_x.npy not found")):
+        with pytest.raises(SystemExit) as e:
+            gpu_check.main(["--backend", "numpy", "--out", str(tmp_path / "o")] + argv)
+        assert e.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def argparse_namespace(**kwargs):
+    import argparse
+    return argparse.Namespace(**kwargs)
+
+
+# -- train_step's GPU options ------------------------------------------------------------------------
+
+def test_train_step_tf32_needs_the_gpu_backend(capsys):
+    with pytest.raises(SystemExit) as e:
+        train_step.main(["--tf32", "both"])
+    assert e.value.code == 2 and "--tf32 both needs --backend cupy" in capsys.readouterr().err
+    assert train_step._parser().parse_args(["--backend", "cupy", "--tf32", "on"]).tf32 == "on"
+
+
+@pytest.mark.slow  # two processes that import PyTorch and minires: ~20 s on a busy 2-core machine
+def test_train_step_compares_with_torch_on_the_cpu(tmp_path):
+    pytest.importorskip("torch")
+    summary = train_step.main(["--model", "resnet20", "--batch-size", "2", "--size", "8", "--rounds", "1",
+                               "--block", "1", "--warmup", "0", "--threads", "1", "--compare", "torch",
+                               "--no-memory", "--json", str(tmp_path / "r.json")])
+    rows = json.loads((tmp_path / "r.json").read_text())["rows"]
+    assert [(r["phase"], r["tf32"]) for r in rows] == [("train", False), ("infer", False)]
+    for r in rows:
+        assert r["minires_img_s"] > 0 and r["torch_img_s"] > 0
+        assert r["ratio"] == pytest.approx(r["minires_img_s"] / r["torch_img_s"])
+    assert summary["ratio_train"] == rows[0]["ratio"]  # the old keys stay
