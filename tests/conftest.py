@@ -99,6 +99,7 @@ def backend(request):
 
 # What brings the part of the suite that a reason's skips stand for.
 INSTALL_HINTS = (
+    ("kernel tests", 'pip install -e ".[kernels]" (CuPy and NVRTC; no GPU needed)'),
     ("cupy", 'a CUDA GPU with pip install -e ".[cuda13]" (see README: GPU)'),
     ("torch", "pip install torch==2.13.0 (CPU wheel)"),
     ("onnx", 'pip install -e ".[onnx]"'),
