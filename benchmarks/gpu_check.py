@@ -9,10 +9,11 @@ stops starting phases when ``--total`` seconds are spent). A phase past its budg
 OUT are rewritten after every phase, so a run cut short still leaves what it found:
 
 - ``env``: versions, the GPU, driver and CUDA runtime as CuPy and PyTorch see them.
-- ``tests``: the test suite's CuPy half, ``MINIRES_BACKEND=cupy python -m pytest tests -k cupy``:
-  every test parametrised over the backend (gradchecks, ops against NumPy, autograd, layers),
-  tests/test_cupy_equivalence.py (whole ResNet-20/ResNet-18 forward, backward and SGD equal to
-  NumPy with the same weights; checkpoints across backends) and the other CuPy tests.
+- ``tests``: the test suite's CuPy half, ``MINIRES_BACKEND=cupy python -m pytest tests -k "cupy
+  and not [numpy"``: the CuPy case of every test parametrised over the backend (gradchecks, ops
+  against NumPy, autograd, layers), tests/test_cupy_equivalence.py (whole ResNet-20/ResNet-18
+  forward, backward and SGD equal to NumPy with the same weights; checkpoints across backends)
+  and the other tests named for CuPy.
 - ``bench-resnet20``, ``bench-resnet56``, ``bench-resnet18``: ``benchmarks/train_step.py --backend
   cupy --compare torch --tf32 both`` at batch 128 on 32x32 inputs (ResNet-18 with the CIFAR stem):
   minires on CuPy against PyTorch CUDA eager, CUDA events, interleaved, float32 with TF32 off on
@@ -23,8 +24,8 @@ OUT are rewritten after every phase, so a run cut short still leaves what it fou
   official pickle layout in a temporary folder.
 
 OUT receives gpu_check.md and gpu_check.json (the reports), and env.log, tests.log, bench.log
-and train.log (each phase's whole output): six files. The command prints the phase table at the
-end. It needs only what the GPU machine has (CuPy, NumPy, PyTorch, pytest, tqdm, threadpoolctl)
+and train.log (each phase's whole output): six files. At the end it prints the report: the
+phase table, then the benchmark table. It needs only what the GPU machine has (CuPy, NumPy, PyTorch, pytest, tqdm, threadpoolctl)
 and runs from a copied tree with ``PYTHONPATH=.``. ``--backend numpy --quick`` runs the same
 machinery on a CPU in seconds (the CPU tests do).
 """
@@ -159,8 +160,9 @@ def plan(args, tmp):
 
     if args.quick:
         select = ["tests/test_cupy_equivalence.py", "-k", f"{args.backend} and resnet20 and float32"]
-    else:
-        select = ["tests", "-k", args.backend]
+    else:  # the tests named for the backend, and its cases of the tests parametrised over both
+        other = "numpy" if args.backend == "cupy" else "cupy"
+        select = ["tests", "-k", f"{args.backend} and not [{other}"]
     phases.append(Phase("tests", [py, "-m", "pytest", "-v", "--tb=short", "-rfE", "--durations=15",
                                   "-p", "no:cacheprovider"] + select, _read_tests,
                         env={"MINIRES_BACKEND": args.backend}))

@@ -293,10 +293,13 @@ def _worker(args, framework):
     for line in sys.stdin:
         req = json.loads(line)
         if req.get("measure") == "gpu":
-            peak, reserved = _gpu_peak_bytes(framework, fns[0], gpu.sync)
-            launches, why = _kernel_launches(fns, gpu.sync)
-            print(json.dumps({"peak_bytes": peak, "reserved_bytes": reserved, "launches": launches,
-                              "launches_missing": why}), flush=True)
+            answer = {}
+            try:  # a failure here must not cost the timings already taken
+                answer["peak_bytes"], answer["reserved_bytes"] = _gpu_peak_bytes(framework, fns[0], gpu.sync)
+                answer["launches"], answer["launches_missing"] = _kernel_launches(fns, gpu.sync)
+            except Exception as e:
+                answer["error"] = f"{type(e).__name__}: {e}"
+            print(json.dumps(answer), flush=True)
             continue
         fn = fns[0] if req["phase"] == "train" else fns[1]
         for _ in range(req["warmup"]):
@@ -337,15 +340,21 @@ class _Worker:
         return json.loads(line)
 
     def request(self, req):
-        self.proc.stdin.write(json.dumps(req) + "\n")
-        self.proc.stdin.flush()
+        try:
+            self.proc.stdin.write(json.dumps(req) + "\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            raise RuntimeError(f"the {self.key} benchmark process exited (code {self.proc.wait()})") from None
         return self._read()
 
     def run(self, phase, warmup, steps):
         return self.request({"phase": phase, "warmup": warmup, "steps": steps})
 
     def close(self):
-        self.proc.stdin.close()
+        try:
+            self.proc.stdin.close()
+        except BrokenPipeError:  # the process had died
+            pass
         self.proc.wait()
 
 
@@ -360,12 +369,14 @@ def _time_frameworks(args, frameworks):
     "torch", "minires_tf32", "torch_tf32").
     """
     settings = {"off": ["off"], "on": ["on"], "both": ["off", "on"]}[args.tf32]
-    # The settings' keys: "off" is the plain one ("minires"), so CPU and default runs keep their names.
-    workers = []
+    workers, lost = [], []
     try:
         for tf32 in settings:
             for f in frameworks:
-                workers.append(_Worker(args, f, tf32))
+                try:
+                    workers.append(_Worker(args, f, tf32))
+                except RuntimeError as e:  # its traceback went to stderr; time the others
+                    lost.append(f"{e}")
         for w in workers:
             if not w.ready:
                 print(f"no {w.framework} twin for {args.model}; timing the others alone", file=sys.stderr)
@@ -375,11 +386,25 @@ def _time_frameworks(args, frameworks):
         for phase in ("train", "infer"):
             for r in range(args.rounds):
                 for w in (workers if r % 2 == 0 else workers[::-1]):
-                    res = w.run(phase, args.warmup, args.block)
+                    if w.proc.poll() is not None:
+                        continue
+                    try:
+                        res = w.run(phase, args.warmup, args.block)
+                    except RuntimeError as e:  # a process that died mid-way: keep what the others measure
+                        lost.append(f"{e} during {phase}")
+                        continue
                     steps[w.key, phase] += list(zip(res["seconds"], res["other"]))
                     host[w.key, phase] += res.get("host", [])
+        for message in lost:
+            print(f"WARNING: {message}", file=sys.stderr)
         measure = args.backend == "cupy" and not args.no_memory
-        gpu = {w.key: w.request({"measure": "gpu"}) for w in workers} if measure else {}
+        gpu = {}
+        for w in workers:
+            if measure and w.proc.poll() is None:
+                try:
+                    gpu[w.key] = w.request({"measure": "gpu"})
+                except RuntimeError as e:
+                    gpu[w.key] = {"error": str(e)}
         for key, h in host.items():
             if h:
                 gpu.setdefault(key[0], {})[f"host_{key[1]}_s"] = float(numpy.median(h))
@@ -531,7 +556,7 @@ def main(argv=None):
     summary = {"args": vars(args), "env": env, "rows": []}
     for phase in ("train", "infer"):
         for tf32 in ("", "_tf32"):
-            names = [k for k in keys if k.endswith("_tf32") == bool(tf32)]
+            names = [k for k in keys if k.endswith("_tf32") == bool(tf32) and steps[k, phase]]
             if not names:
                 continue
             row = {"model": args.model, "batch_size": args.batch_size, "phase": phase, "tf32": bool(tf32)}
@@ -550,7 +575,8 @@ def main(argv=None):
                     row[f"{name}_launches"] = (g.get("launches") or {}).get(phase)
                     notes.append(f"{name}: host {row[f'{name}_host_ms']:.1f} ms/step, "
                                  f"{row[f'{name}_launches'] or 'n/a'} kernels/step"
-                                 + (f", peak {_fmt_mb(g.get('peak_bytes'))}" if phase == "train" else ""))
+                                 + (f", peak {_fmt_mb(g.get('peak_bytes'))}" if phase == "train" else "")
+                                 + (f" ({g['error']})" if "error" in g else ""))
                 elif other_med is not None:
                     notes.append(f"{name}: {clean}/{total} steps clean, other load median {other_med:.2f} "
                                  f"max {other_max:.2f} cores")
