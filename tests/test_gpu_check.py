@@ -2,6 +2,10 @@
 subset that travels with it, and train_step's GPU options (benchmarks/gpu_check.py, gpu_data.py,
 train_step.py)."""
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,6 +13,8 @@ import pytest
 from benchmarks import gpu_check, gpu_data, train_step
 from minires.data import load_cifar10
 from minires.train import build_parser, parse_args
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -155,3 +161,102 @@ def test_train_step_compares_with_torch_on_the_cpu(tmp_path):
         assert r["minires_img_s"] > 0 and r["torch_img_s"] > 0
         assert r["ratio"] == pytest.approx(r["minires_img_s"] / r["torch_img_s"])
     assert summary["ratio_train"] == rows[0]["ratio"]  # the old keys stay
+
+
+# -- the GPU plan end to end, on a stand-in for CuPy ---------------------------------------------------
+
+FAKE_CUPY = '''"""A stand-in for CuPy that is NumPy underneath (arrays stay NumPy arrays, so minires runs its
+NumPy code), with the few device calls train_step and gpu_check make: it checks their plumbing."""
+import time
+
+import numpy
+
+__version__ = "0+stand-in"
+
+
+def __getattr__(name):
+    return getattr(numpy, name)
+
+
+class _Runtime:
+    getDeviceCount = staticmethod(lambda: 1)
+    driverGetVersion = staticmethod(lambda: 13000)
+    runtimeGetVersion = staticmethod(lambda: 13000)
+    getDeviceProperties = staticmethod(lambda i: {"name": b"Stand-in GPU", "major": 9, "minor": 0,
+                                                  "totalGlobalMem": 2 ** 30})
+
+
+class _Event:
+    def record(self):
+        self.t = time.perf_counter()
+
+    def synchronize(self):
+        pass
+
+
+class _Device:
+    def synchronize(self):
+        pass
+
+
+class _MemoryHook:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+class _Pool:
+    used_bytes = staticmethod(lambda: 1000)
+    total_bytes = staticmethod(lambda: 2000)
+
+
+class cuda:
+    runtime = _Runtime
+    Event = _Event
+    Device = _Device
+    MemoryHook = _MemoryHook
+    get_elapsed_time = staticmethod(lambda a, b: 1e3 * (b.t - a.t))
+
+
+get_default_memory_pool = _Pool
+'''
+
+
+@pytest.fixture
+def stand_in_cupy(tmp_path, monkeypatch):
+    """PYTHONPATH for subprocesses that find the stand-in as ``cupy`` (this process never imports it)."""
+    (tmp_path / "fake" / "cupy").mkdir(parents=True)
+    (tmp_path / "fake" / "cupy" / "__init__.py").write_text(FAKE_CUPY)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path / "fake"), str(REPO)]))
+
+
+@pytest.mark.slow  # three phases' processes, PyTorch imported in four: ~60 s on a busy 2-core machine
+def test_the_gpu_plan_runs_end_to_end_on_a_stand_in_for_cupy(subset_dir, tmp_path, stand_in_cupy):
+    out = tmp_path / "report"
+    run = subprocess.run([sys.executable, "-m", "benchmarks.gpu_check", "--backend", "cupy", "--quick",
+                          "--data-dir", str(subset_dir), "--out", str(out), "--phases", "tests,bench-resnet20,train"],
+                         cwd=REPO, capture_output=True, text=True)
+    assert run.returncode == 1  # the tests phase fails, below
+    report = json.loads((out / gpu_check.REPORT_JSON).read_text())
+    phases = {p["name"]: p for p in report["phases"]}
+    # The stand-in's arrays are NumPy's, so the test that the logits live on CuPy fails, and is named
+    tests = phases["tests"]
+    assert tests["status"] == "failed" and tests["result"]["counts"] == {"failed": 1}
+    assert tests["result"]["failed"] == [
+        "tests/test_cupy_equivalence.py::test_model_forward_backward_and_sgd_equal_numpy[cupy-resnet20-float32]"]
+    assert phases["train"]["status"] == "ok" and phases["train"]["result"]["epoch"] == 1
+    bench = phases["bench-resnet20"]
+    assert bench["status"] == "ok", (out / "bench.log").read_text()[-3000:]
+    # CPU PyTorch has no CUDA: its processes fail to start and minires is timed alone, TF32 off and on
+    rows = bench["result"]["rows"]
+    assert [(r["phase"], r["tf32"]) for r in rows] == [("train", False), ("train", True),
+                                                       ("infer", False), ("infer", True)]
+    for r in rows:
+        assert r["minires_img_s"] > 0 and r["minires_host_ms"] > 0 and "torch_img_s" not in r
+        assert r["minires_peak_bytes"] == 1000 and r["minires_launches"] is None
+    md = (out / gpu_check.REPORT_MD).read_text()
+    assert "| resnet20 | train | on |" in md and "CUDA events" in md and "test_model_forward_backward" in md
+    assert sorted(p.name for p in out.iterdir()) == ["bench.log", "gpu_check.json", "gpu_check.md", "tests.log",
+                                                     "train.log"]
