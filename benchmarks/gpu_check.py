@@ -3,17 +3,17 @@
     python -m benchmarks.gpu_data --data-dir ../shared/data --out .gpudata    # here, once (61 MB)
     PYTHONPATH=. python -m benchmarks.gpu_check --data-dir .gpudata --out gpu-report
 
-Phases, each a subprocess with its own time budget (``--budget NAME=SECONDS``; the whole run
-stops starting phases when ``--total`` seconds are spent). A phase past its budget is stopped
-(its process group ended) and reported as timed out; the next phase still runs. The reports in
-OUT are rewritten after every phase, so a run cut short still leaves what it found:
+Phases, in this order, each a subprocess with its own time budget (``--budget NAME=SECONDS``;
+no phase starts once ``--total`` seconds are spent, and none runs past them). A phase past its
+budget is stopped (its process group ended) and reported as timed out; the next phase still
+runs. The reports in OUT are rewritten after every phase, so a run cut short still leaves what
+it found:
 
 - ``env``: versions, the GPU, driver and CUDA runtime as CuPy and PyTorch see them.
-- ``tests``: the test suite's CuPy half, ``MINIRES_BACKEND=cupy python -m pytest tests -k "cupy
-  and not [numpy"``: the CuPy case of every test parametrised over the backend (gradchecks, ops
-  against NumPy, autograd, layers), tests/test_cupy_equivalence.py (whole ResNet-20/ResNet-18
-  forward, backward and SGD equal to NumPy with the same weights; checkpoints across backends)
-  and the other tests named for CuPy.
+- ``equivalence``: ``MINIRES_BACKEND=cupy python -m pytest tests/test_cupy_equivalence.py -k "cupy
+  and not [numpy"``: whole ResNet-20 and ResNet-18 forward, backward and SGD steps on CuPy equal
+  to NumPy with the same weights (float64 and float32), folded inference, checkpoints across
+  backends. First, because it matters most and compiles most kernels the benchmarks use.
 - ``bench-resnet20``, ``bench-resnet56``, ``bench-resnet18``: ``benchmarks/train_step.py --backend
   cupy --compare torch --tf32 both`` at batch 128 on 32x32 inputs (ResNet-18 with the CIFAR stem):
   minires on CuPy against PyTorch CUDA eager, CUDA events, interleaved, float32 with TF32 off on
@@ -22,12 +22,16 @@ OUT are rewritten after every phase, so a run cut short still leaves what it fou
 - ``train``: ``python -m minires.train --backend cupy --depth 20 --epochs 1`` on the subset that
   ``benchmarks.gpu_data`` wrote (15,000 training and 5,000 test images), turned into the
   official pickle layout in a temporary folder.
+- ``tests``: the rest of the suite's CuPy half, ``MINIRES_BACKEND=cupy python -m pytest tests -k
+  "cupy and not [numpy"``: the CuPy case of every test parametrised over the backend
+  (gradchecks, ops against NumPy, autograd, layers, kernels) and the other tests named for CuPy,
+  in 4 processes where pytest-xdist is installed. Last, with the time that is left.
 
 OUT receives gpu_check.md and gpu_check.json (the reports), and env.log, tests.log, bench.log
 and train.log (each phase's whole output): six files. At the end it prints the report: the
-phase table, then the benchmark table. It needs only what the GPU machine has (CuPy, NumPy, PyTorch, pytest, tqdm, threadpoolctl)
-and runs from a copied tree with ``PYTHONPATH=.``. ``--backend numpy --quick`` runs the same
-machinery on a CPU in seconds (the CPU tests do).
+phase table, then the benchmark table. It needs only what the GPU machine has (CuPy, NumPy,
+PyTorch, pytest, tqdm, threadpoolctl) and runs from a copied tree with ``PYTHONPATH=.``.
+``--backend numpy --quick`` runs the same machinery on a CPU with tiny sizes (the CPU tests do).
 """
 import argparse
 import csv
@@ -47,11 +51,13 @@ from pathlib import Path
 
 _ROOT = Path(__file__).resolve().parents[1]
 TOTAL = 480  # seconds: 8 minutes
-BUDGETS = {"env": 30, "tests": 170, "bench-resnet20": 60, "bench-resnet56": 70, "bench-resnet18": 75, "train": 70}
+BUDGETS = {"env": 25, "equivalence": 75, "bench-resnet20": 55, "bench-resnet56": 65, "bench-resnet18": 70,
+           "train": 60, "tests": 130}
 MODELS = {"bench-resnet20": ["--model", "resnet20"], "bench-resnet56": ["--model", "resnet56"],
           "bench-resnet18": ["--model", "resnet18", "--stem", "cifar"]}
 TARGETS = {"resnet20": 0.5, "resnet18": 0.7}  # issue 17: float32 training images/s, minires / PyTorch eager
-LOGS = {"env": "env.log", "tests": "tests.log", "train": "train.log"}  # the bench phases share bench.log
+LOGS = {"env": "env.log", "equivalence": "tests.log", "tests": "tests.log", "train": "train.log"}  # bench: bench.log
+XDIST_WORKERS = 4  # pytest processes sharing the GPU in the tests phase, where pytest-xdist is installed
 REPORT_MD, REPORT_JSON = "gpu_check.md", "gpu_check.json"
 STOP_GRACE = 5  # seconds between SIGTERM and SIGKILL for a phase past its budget
 
@@ -102,7 +108,9 @@ def _read_env(phase, text, tmp):
                   f"NumPy {info['numpy']}, Python {info['python']}")
 
 
-_TEST_LINE = re.compile(r"^(\S+::\S+) (PASSED|FAILED|SKIPPED|ERROR|XFAIL|XPASS)\b")
+_OUTCOMES = "PASSED|FAILED|SKIPPED|ERROR|XFAIL|XPASS"
+# pytest -v: "tests/x.py::test_y[cupy] PASSED [ 3%]"; with pytest-xdist: "[gw0] [ 3%] PASSED tests/x.py::..."
+_TEST_LINE = re.compile(rf"^(?:\[gw\d+\] \[\s*\d+%\] (?P<o1>{_OUTCOMES}) (?P<n1>\S+::\S+)|(?P<n2>\S+::\S+) (?P<o2>{_OUTCOMES})\b)")
 
 
 def _read_tests(phase, text, tmp):
@@ -112,9 +120,10 @@ def _read_tests(phase, text, tmp):
     for line in text.splitlines():
         m = _TEST_LINE.match(line)
         if m:
-            counts[m.group(2).lower()] = counts.get(m.group(2).lower(), 0) + 1
-            if m.group(2) in ("FAILED", "ERROR"):
-                failed.append(m.group(1))
+            outcome, node = m.group("o1") or m.group("o2"), m.group("n1") or m.group("n2")
+            counts[outcome.lower()] = counts.get(outcome.lower(), 0) + 1
+            if outcome in ("FAILED", "ERROR"):
+                failed.append(node)
     summary = ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "no test finished"
     return {"counts": counts, "failed": failed}, summary
 
@@ -158,22 +167,26 @@ def plan(args, tmp):
     gpu = args.backend == "cupy"
     phases = [Phase("env", [py, "-c", _ENV_SNIPPET, args.backend], _read_env)]
 
-    # the tests named for the backend, and its cases of the tests parametrised over both
+    # The tests named for the backend, and its cases of the tests parametrised over both; the
+    # whole-model equivalence first, on its own (it also compiles most kernels the benchmarks use).
     other = "numpy" if args.backend == "cupy" else "cupy"
+    pytest = [py, "-m", "pytest", "-v", "--tb=short", "-rfE", "--durations=15", "-p", "no:cacheprovider"]
+    keyword = f"{args.backend} and not [{other}"
+    equivalence = ["tests/test_cupy_equivalence.py", "-k", keyword + (" and resnet20 and float32" if args.quick else "")]
+    phases.append(Phase("equivalence", pytest + equivalence, _read_tests, env={"MINIRES_BACKEND": args.backend}))
     if args.quick:
-        select = ["tests/test_cupy_equivalence.py", "-k", f"{args.backend} and not [{other} and resnet20 and float32"]
+        rest = ["tests/test_backend.py", "-k", keyword]
     else:
-        select = ["tests", "-k", f"{args.backend} and not [{other}"]
-    phases.append(Phase("tests", [py, "-m", "pytest", "-v", "--tb=short", "-rfE", "--durations=15",
-                                  "-p", "no:cacheprovider"] + select, _read_tests,
-                        env={"MINIRES_BACKEND": args.backend}))
+        parallel = ["-n", str(XDIST_WORKERS)] if importlib.util.find_spec("xdist") else []
+        rest = ["tests", "--ignore", "tests/test_cupy_equivalence.py", "-k", keyword] + parallel
+    tests = Phase("tests", pytest + rest, _read_tests, env={"MINIRES_BACKEND": args.backend})
 
     compare = ["--compare", "torch"] if gpu or importlib.util.find_spec("torch") else []
     if args.quick:
         sizes = ["--batch-size", "4", "--size", "8", "--rounds", "1", "--block", "1", "--warmup", "0"]
         sizes += [] if gpu else ["--no-memory"]  # on a CPU: the slow peak-RSS subprocesses
     else:
-        sizes = ["--batch-size", "128", "--rounds", "3", "--block", "5", "--warmup", "2"]
+        sizes = ["--batch-size", "128", "--rounds", "3", "--block", "4", "--warmup", "2"]
     for name, model in MODELS.items():
         phases.append(Phase(name, [py, "-m", "benchmarks.train_step", *model, "--backend", args.backend, *compare,
                                    *(["--tf32", "both"] if gpu else []), *sizes,
@@ -184,6 +197,7 @@ def plan(args, tmp):
     train += ["--depth", "8", "--limit-train", "256", "--limit-test", "128"] if args.quick else ["--depth", "20"]
     phases.append(Phase("train", train, _read_train,
                         prepare=lambda: _prepare_cifar(args.data_dir, tmp)))
+    phases.append(tests)  # last: it takes what time is left
     wanted = args.phases.split(",") if args.phases else [p.name for p in phases]
     unknown = [w for w in wanted if w not in {p.name for p in phases}]
     if unknown:
@@ -247,7 +261,7 @@ def run_phase(phase, budget, out, tmp):
         record["result"], record["summary"] = {}, f"output not readable: {type(e).__name__}: {e}"
     if status == "timed out":
         record["summary"] = f"stopped after {budget:.0f} s; so far: {record['summary']}"
-    elif status == "failed" and phase.name != "tests":
+    elif status == "failed" and phase.read is not _read_tests:
         tail = [l for l in text.strip().splitlines() if l.strip()][-1:] or ["no output"]
         record["summary"] += f" (exit {rc}: {tail[0][:200]})"
     return record
@@ -289,9 +303,9 @@ def markdown(report):
                 f"| {_cell(target, '>= {:.1f}x')} | {_cell(r.get('minires_host_ms'))} | {_cell(r.get('torch_host_ms'))} "
                 f"| {_cell(mb[0], '{:.0f}')} / {_cell(mb[1], '{:.0f}')} "
                 f"| {_cell(r.get('minires_launches'), '{}')} / {_cell(r.get('torch_launches'), '{}')} |")
-    tests = next((p for p in report["phases"] if p["name"] == "tests"), None)
-    if tests and tests.get("result", {}).get("failed"):
-        failed = tests["result"]["failed"]
+    failed = [t for p in report["phases"] if p["name"] in ("equivalence", "tests")
+              for t in p.get("result", {}).get("failed", [])]
+    if failed:
         lines += ["", f"Failing tests ({len(failed)}; tracebacks in tests.log):", ""]
         lines += [f"- `{t}`" for t in failed[:40]] + ([f"- ... and {len(failed) - 40} more"] if len(failed) > 40 else [])
     return "\n".join(lines) + "\n"

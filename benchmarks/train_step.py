@@ -330,6 +330,10 @@ class _Worker:
         env = dict(os.environ, CUPY_TF32="1" if tf32 == "on" else "0")  # CuPy reads it at import
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=_ROOT,
                                      env=env)
+        self.ready, self.threads = False, None
+
+    def wait_ready(self):
+        """Wait for the process to have built its model (the processes start side by side)."""
         ready = self._read()
         self.ready, self.threads = ready["ready"], ready["threads"]
 
@@ -371,21 +375,21 @@ def _time_frameworks(args, frameworks):
     settings = {"off": ["off"], "on": ["on"], "both": ["off", "on"]}[args.tf32]
     workers, lost = [], []
     try:
-        for tf32 in settings:
-            for f in frameworks:
-                try:
-                    workers.append(_Worker(args, f, tf32))
-                except RuntimeError as e:  # its traceback went to stderr; time the others
-                    lost.append(f"{e}")
+        workers = [_Worker(args, f, tf32) for tf32 in settings for f in frameworks]
         for w in workers:
+            try:
+                w.wait_ready()
+            except RuntimeError as e:  # its traceback went to stderr; time the others
+                lost.append(f"{e}")
+                continue
             if not w.ready:
                 print(f"no {w.framework} twin for {args.model}; timing the others alone", file=sys.stderr)
-        workers = [w for w in workers if w.ready]
-        steps = {(w.key, phase): [] for w in workers for phase in ("train", "infer")}
-        host = {(w.key, phase): [] for w in workers for phase in ("train", "infer")}
+        ready = [w for w in workers if w.ready]
+        steps = {(w.key, phase): [] for w in ready for phase in ("train", "infer")}
+        host = {(w.key, phase): [] for w in ready for phase in ("train", "infer")}
         for phase in ("train", "infer"):
             for r in range(args.rounds):
-                for w in (workers if r % 2 == 0 else workers[::-1]):
+                for w in (ready if r % 2 == 0 else ready[::-1]):
                     if w.proc.poll() is not None:
                         continue
                     try:
@@ -399,7 +403,7 @@ def _time_frameworks(args, frameworks):
             print(f"WARNING: {message}", file=sys.stderr)
         measure = args.backend == "cupy" and not args.no_memory
         gpu = {}
-        for w in workers:
+        for w in ready:
             if measure and w.proc.poll() is None:
                 try:
                     gpu[w.key] = w.request({"measure": "gpu"})
@@ -408,7 +412,7 @@ def _time_frameworks(args, frameworks):
         for key, h in host.items():
             if h:
                 gpu.setdefault(key[0], {})[f"host_{key[1]}_s"] = float(numpy.median(h))
-        return steps, {w.key: w.threads for w in workers}, gpu
+        return steps, {w.key: w.threads for w in ready}, gpu
     finally:
         for w in workers:
             w.close()

@@ -83,29 +83,29 @@ def test_a_phase_past_its_budget_is_stopped_and_the_next_still_runs(subset_dir, 
     monkeypatch.setattr(gpu_check, "write_reports", spy)
     out = tmp_path / "report"
     rc = gpu_check.main(["--backend", "numpy", "--quick", "--data-dir", str(subset_dir), "--out", str(out),
-                         "--phases", "tests,train", "--budget", "tests=0.5"])
+                         "--phases", "equivalence,train", "--budget", "equivalence=0.5"])
     assert rc == 1  # a phase did not pass
     assert written[0] == []  # before the first phase
-    assert written[1] == [("tests", "timed out")]
-    assert written[2] == [("tests", "timed out"), ("train", "ok")]
+    assert written[1] == [("equivalence", "timed out")]
+    assert written[2] == [("equivalence", "timed out"), ("train", "ok")]
     report = json.loads((out / gpu_check.REPORT_JSON).read_text())
     assert report["finished"] and report["pending"] == []
     train = report["phases"][1]
     assert train["result"]["epoch"] == 1 and 0 <= train["result"]["test_acc"] <= 1
     assert "stopped after 0 s" in report["phases"][0]["summary"]
     md = (out / gpu_check.REPORT_MD).read_text()
-    assert "| tests | timed out |" in md and "| train | ok |" in md
+    assert "| equivalence | timed out |" in md and "| train | ok |" in md
     assert sorted(p.name for p in out.iterdir()) == ["gpu_check.json", "gpu_check.md", "tests.log", "train.log"]
-    assert "===== tests" in (out / "tests.log").read_text()
+    assert "===== equivalence" in (out / "tests.log").read_text()
 
 
 def test_phases_past_the_total_budget_are_skipped_and_reported(tmp_path):
     out = tmp_path / "report"
-    # tests starts with 1.5 s left and stops at 0.6 s; less than the 1 s a phase needs remains
+    # equivalence starts with 1.5 s left and stops at 0.6 s; less than the 1 s a phase needs remains
     assert gpu_check.main(["--backend", "numpy", "--quick", "--out", str(out), "--total", "1.5",
-                           "--budget", "tests=0.6", "--phases", "tests,bench-resnet20"]) == 1
+                           "--budget", "equivalence=0.6", "--phases", "equivalence,bench-resnet20"]) == 1
     report = json.loads((out / gpu_check.REPORT_JSON).read_text())
-    assert [(p["name"], p["status"]) for p in report["phases"]] == [("tests", "timed out"),
+    assert [(p["name"], p["status"]) for p in report["phases"]] == [("equivalence", "timed out"),
                                                                     ("bench-resnet20", "skipped")]
     assert len(list(out.iterdir())) <= 8
 
@@ -114,7 +114,11 @@ def test_the_gpu_plan_runs_the_stated_commands_within_eight_minutes(tmp_path):
     args = argparse_namespace(backend="cupy", quick=False, data_dir=str(tmp_path), phases=None)
     phases = {p.name: p for p in gpu_check.plan(args, str(tmp_path))}
     assert list(phases) == list(gpu_check.BUDGETS) and sum(gpu_check.BUDGETS.values()) <= gpu_check.TOTAL == 480
-    assert phases["tests"].env == {"MINIRES_BACKEND": "cupy"} and phases["tests"].argv[-2:] == ["-k", "cupy and not [numpy"]
+    assert list(phases)[:2] == ["env", "equivalence"] and list(phases)[-1] == "tests"
+    for name in ("equivalence", "tests"):
+        assert phases[name].env == {"MINIRES_BACKEND": "cupy"}
+        assert phases[name].argv[phases[name].argv.index("-k") + 1] == "cupy and not [numpy"
+    assert "tests/test_cupy_equivalence.py" in phases["equivalence"].argv
     for name in ("bench-resnet20", "bench-resnet56", "bench-resnet18"):
         bench = train_step._parser().parse_args(phases[name].argv[3:])  # after python -m benchmarks.train_step
         assert (bench.backend, bench.compare, bench.tf32, bench.batch_size, bench.dtype) == \
@@ -122,6 +126,20 @@ def test_the_gpu_plan_runs_the_stated_commands_within_eight_minutes(tmp_path):
     assert train_step._parser().parse_args(phases["bench-resnet18"].argv[3:]).stem == "cifar"
     train = parse_args(build_parser(), phases["train"].argv[3:])  # after python -m minires.train
     assert (train.backend, train.epochs, train.depth) == ("cupy", 1, 20)
+
+
+def test_test_results_are_read_from_plain_and_parallel_pytest_output():
+    text = """tests/test_a.py::test_x[cupy] PASSED                                   [ 10%]
+tests/test_a.py::test_y[cupy] FAILED                                   [ 20%]
+tests/test_b.py::test_z SKIPPED (no GPU)                               [ 30%]
+[gw0] [ 40%] PASSED tests/test_c.py::test_w[cupy]
+[gw3] [ 50%] ERROR tests/test_c.py::test_v[cupy-float64]
+FAILED tests/test_a.py::test_y[cupy] - AssertionError
+"""
+    result, summary = gpu_check._read_tests(None, text, None)
+    assert result == {"counts": {"passed": 2, "failed": 1, "skipped": 1, "error": 1},
+                      "failed": ["tests/test_a.py::test_y[cupy]", "tests/test_c.py::test_v[cupy-float64]"]}
+    assert summary == "1 error, 1 failed, 2 passed, 1 skipped"
 
 
 def test_gpu_check_refuses_bad_arguments_before_starting(tmp_path, capsys):
@@ -236,13 +254,13 @@ def stand_in_cupy(tmp_path, monkeypatch):
 def test_the_gpu_plan_runs_end_to_end_on_a_stand_in_for_cupy(subset_dir, tmp_path, stand_in_cupy):
     out = tmp_path / "report"
     run = subprocess.run([sys.executable, "-m", "benchmarks.gpu_check", "--backend", "cupy", "--quick",
-                          "--data-dir", str(subset_dir), "--out", str(out), "--phases", "tests,bench-resnet20,train"],
+                          "--data-dir", str(subset_dir), "--out", str(out), "--phases", "equivalence,bench-resnet20,train"],
                          cwd=REPO, capture_output=True, text=True)
-    assert run.returncode == 1  # the tests phase fails, below
+    assert run.returncode == 1  # the equivalence phase fails, below
     report = json.loads((out / gpu_check.REPORT_JSON).read_text())
     phases = {p["name"]: p for p in report["phases"]}
     # The stand-in's arrays are NumPy's, so the test that the logits live on CuPy fails, and is named
-    tests = phases["tests"]
+    tests = phases["equivalence"]
     assert tests["status"] == "failed" and tests["result"]["counts"] == {"failed": 1}
     assert tests["result"]["failed"] == [
         "tests/test_cupy_equivalence.py::test_model_forward_backward_and_sgd_equal_numpy[cupy-resnet20-float32]"]
