@@ -109,16 +109,15 @@ class Conv2dFunction(_Conv2dGeometry):
         W2 = W.reshape(g, o // g, cg, kh, kw).transpose(0, 1, 3, 4, 2).reshape(g, o // g, kh * kw * cg)
         y = xp.empty((n, o, ho, wo), x.dtype)
 
-        def part(k, slices):
-            for rows in slices:
-                col = self._im2col(x[rows], kh, kw, k, (self.sy, self.sx), (self.ph, self.pw))
-                y2 = (W2 @ col.reshape(g, kh * kw * cg, -1)).reshape(o, -1, ho, wo)  # (O, nb, Ho, Wo)
-                if b is None:
-                    y[rows] = y2.transpose(1, 0, 2, 3)  # (nb, O, Ho, Wo)
-                else:  # the bias added in the same pass, while y2 is in cache
-                    xp.add(y2.transpose(1, 0, 2, 3), b.reshape(1, o, 1, 1), out=y[rows])
+        def rows_of_y(k, rows):
+            col = self._im2col(x[rows], kh, kw, k, (self.sy, self.sx), (self.ph, self.pw))
+            y2 = (W2 @ col.reshape(g, kh * kw * cg, -1)).reshape(o, -1, ho, wo)  # (O, nb, Ho, Wo)
+            if b is None:
+                y[rows] = y2.transpose(1, 0, 2, 3)  # (nb, O, Ho, Wo)
+            else:  # the bias added in the same pass, while y2 is in cache
+                xp.add(y2.transpose(1, 0, 2, 3), b.reshape(1, o, 1, 1), out=y[rows])
 
-        threads.run(part, threads.batch_parts(xp, n, kh * kw * c * ho * wo * x.itemsize))
+        threads.over_slices(rows_of_y, xp, n, kh * kw * c * ho * wo * x.itemsize)
         self.has_bias = b is not None
         if any(self.needs_input_grad):
             self.x, self.W = x, W
@@ -151,38 +150,31 @@ class Conv2dFunction(_Conv2dGeometry):
             Wt = Wg[:, :, :, ::-1, ::-1].transpose(0, 2, 3, 4, 1).reshape(g, cg, kh * kw * og)
         gx = xp.empty(x.shape, x.dtype) if need_gx else None
 
-        def part(k, slices):
-            """This share's sums of gW (G, O/G, kh*kw*C/G) and gb (O,) over its rows; its rows of gx."""
-            gW = xp.zeros((g, og, kh * kw * cg), W.dtype) if need_gW else None
-            gb = xp.zeros(o, gy.dtype) if need_gb else None
-            for rows in slices:
-                gyc = gy[rows]
-                nb = gyc.shape[0]
-                gy2 = workspace(xp, (o, nb, ho, wo), gy.dtype, f"gy{k}")
-                gy2[...] = gyc.transpose(1, 0, 2, 3)  # (O, nb, Ho, Wo)
-                gy2 = gy2.reshape(g, og, -1)  # (G, O/G, nb*Ho*Wo)
-                if need_gb:
-                    gb += gy2.reshape(o, -1).sum(axis=1)
-                if need_gW:
-                    col = self._im2col(x[rows], kh, kw, k, (self.sy, self.sx), (self.ph, self.pw))
-                    gW += gy2 @ col.reshape(g, kh * kw * cg, -1).transpose(0, 2, 1)  # (G, O/G, kh*kw*C/G)
-                if need_gx and transposed:
-                    colg = self._im2col(gyc, kh, kw, k, (1, 1), (dy * (kh - 1) - self.ph, dx * (kw - 1) - self.pw))
-                    gx2 = Wt @ colg.reshape(g, kh * kw * og, -1)  # (G, C/G, nb*H*W)
-                    gx[rows] = gx2.reshape(c, nb, h, w).transpose(1, 0, 2, 3)  # (nb, C, H, W)
-                elif need_gx:
-                    gcol = W2.transpose(0, 2, 1) @ gy2  # (G, kh*kw*C/G, nb*Ho*Wo)
-                    gx[rows] = col2im(gcol.reshape(g, kh, kw, cg, nb, ho, wo), x[rows].shape,
-                                      self.sy, self.sx, self.ph, self.pw, dy, dx)
+        def grads(k, rows):
+            """gx's rows; these rows' parts of gW (G, O/G, kh*kw*C/G) and gb (O,)."""
+            gyc = gy[rows]
+            nb = gyc.shape[0]
+            gy2 = workspace(xp, (o, nb, ho, wo), gy.dtype, f"gy{k}")
+            gy2[...] = gyc.transpose(1, 0, 2, 3)  # (O, nb, Ho, Wo)
+            gy2 = gy2.reshape(g, og, -1)  # (G, O/G, nb*Ho*Wo)
+            gb = gy2.reshape(o, -1).sum(axis=1) if need_gb else None
+            gW = None
+            if need_gW:
+                col = self._im2col(x[rows], kh, kw, k, (self.sy, self.sx), (self.ph, self.pw))
+                gW = gy2 @ col.reshape(g, kh * kw * cg, -1).transpose(0, 2, 1)  # (G, O/G, kh*kw*C/G)
+            if need_gx and transposed:
+                colg = self._im2col(gyc, kh, kw, k, (1, 1), (dy * (kh - 1) - self.ph, dx * (kw - 1) - self.pw))
+                gx2 = Wt @ colg.reshape(g, kh * kw * og, -1)  # (G, C/G, nb*H*W)
+                gx[rows] = gx2.reshape(c, nb, h, w).transpose(1, 0, 2, 3)  # (nb, C, H, W)
+            elif need_gx:
+                gcol = W2.transpose(0, 2, 1) @ gy2  # (G, kh*kw*C/G, nb*Ho*Wo)
+                gx[rows] = col2im(gcol.reshape(g, kh, kw, cg, nb, ho, wo), x[rows].shape,
+                                  self.sy, self.sx, self.ph, self.pw, dy, dx)
             return gW, gb
 
-        sums = threads.run(part, threads.batch_parts(xp, n, kh * kw * max(c, o) * ho * wo * x.itemsize))
-        gW = gb = None
+        gW, gb = threads.over_slices(grads, xp, n, kh * kw * max(c, o) * ho * wo * x.itemsize)
         if need_gW:
-            gW = sum(s[0] for s in sums).reshape(o, kh, kw, cg)  # the shares' sums added up
-            gW = xp.ascontiguousarray(gW.transpose(0, 3, 1, 2))  # (O, C/G, kh, kw)
-        if need_gb:
-            gb = sum(s[1] for s in sums)
+            gW = xp.ascontiguousarray(gW.reshape(o, kh, kw, cg).transpose(0, 3, 1, 2))  # (O, C/G, kh, kw)
         if not self.has_bias:
             return gx, gW
         return gx, gW, gb

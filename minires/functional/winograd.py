@@ -147,12 +147,11 @@ class Conv2dWinogradFunction(Function):
         U = weight_transform(W)  # (16, O, C)
         y = xp.empty((n, o, ho, wo), x.dtype)
 
-        def part(k, slices):
-            for rows in slices:
-                M = U @ input_transform(x[rows], self.ph, self.pw)  # (16, O, nb*th*tw)
-                output_transform(M, rows.stop - rows.start, o, th, tw, out=y[rows])
+        def rows_of_y(k, rows):
+            M = U @ input_transform(x[rows], self.ph, self.pw)  # (16, O, nb*th*tw)
+            output_transform(M, rows.stop - rows.start, o, th, tw, out=y[rows])
 
-        threads.run(part, threads.batch_parts(xp, n, 16 * max(c, o) * th * tw * x.itemsize))
+        threads.over_slices(rows_of_y, xp, n, 16 * max(c, o) * th * tw * x.itemsize)
         self.has_bias = b is not None
         if self.has_bias:
             y += b.reshape(1, o, 1, 1)
@@ -170,21 +169,19 @@ class Conv2dWinogradFunction(Function):
         U = weight_transform(W)  # (16, O, C)
         gx = xp.empty(x.shape, x.dtype) if need_gx else None
 
-        def part(k, slices):
-            """This share's sum of gU (16, O, C) over its rows; its rows of gx."""
-            gU = xp.zeros((16, o, c), W.dtype) if need_gW else None
-            for rows in slices:
-                gM = output_transform_adjoint(gy[rows], th, tw)  # (16, O, nb*th*tw)
-                if need_gx:
-                    gx[rows] = input_transform_adjoint(U.transpose(0, 2, 1) @ gM, x[rows].shape, self.ph, self.pw)
-                if need_gW:
-                    gU += gM @ input_transform(x[rows], self.ph, self.pw).transpose(0, 2, 1)  # (16, O, C)
-            return gU
+        def grads(k, rows):
+            """gx's rows; these rows' part of gU (16, O, C)."""
+            gM = output_transform_adjoint(gy[rows], th, tw)  # (16, O, nb*th*tw)
+            if need_gx:
+                gx[rows] = input_transform_adjoint(U.transpose(0, 2, 1) @ gM, x[rows].shape, self.ph, self.pw)
+            if not need_gW:
+                return None
+            return (gM @ input_transform(x[rows], self.ph, self.pw).transpose(0, 2, 1),)  # (16, O, C)
 
-        sums = threads.run(part, threads.batch_parts(xp, n, 16 * max(c, o) * th * tw * x.itemsize))
+        sums = threads.over_slices(grads, xp, n, 16 * max(c, o) * th * tw * x.itemsize)
         gW = None
         if need_gW:
-            gU = sum(sums)  # the shares' sums added up
+            gU = sums[0]
             gW = (gU.reshape(16, o * c).T @ xp.asarray(_GG, W.dtype)).reshape(o, c, 3, 3)  # G^T gU G
         if not self.has_bias:
             return gx, gW

@@ -15,6 +15,14 @@ of a kernel dilated by d starts at (d*i, d*j)). col2im, its adjoint, is the same
 multiplies it in one product whose long side is contiguous. A grouped convolution gets
 (G, kh, kw, C/G, N, Ho, Wo): each group's channels a block of their own, so that the G
 per-group products are one batched matrix product.
+
+On CuPy both are one elementwise kernel each, beside their NumPy loops and tested against
+them: ``minires_im2col`` has one thread per element of the column matrix, which unravels its
+index into (group, tap, channel, image, output pixel) and reads the one input pixel it copies
+(a zero where that falls in the padding); ``minires_col2im`` is a gather, one thread per input
+pixel summing the column entries that copied it (in im2col's tap order, so deterministic and
+without atomics): tap (i, j) of output (y, x) read padded pixel (y*sy + i*dy, x*sx + j*dx), so
+pixel row r was read by output row (r - i*dy) / sy where that divides and lies in [0, Ho).
 """
 import numpy
 
@@ -63,6 +71,75 @@ def col_shape(x_shape, kh, kw, sy, sx, ph, pw, dy=1, dx=1, groups=1):
     return (groups, kh, kw, c // groups, n, ho, wo)
 
 
+# The geometry both kernels take, as int32 scalars in this order: x (N, C, H, W), output (Ho, Wo),
+# kernel (kh, kw), stride, padding, dilation, groups (C = groups * C/G).
+_GEOMETRY = ("int32 n, int32 c, int32 h, int32 w, int32 ho, int32 wo, int32 kh, int32 kw, "
+             "int32 sy, int32 sx, int32 ph, int32 pw, int32 dy, int32 dx, int32 groups")
+
+_im2col_kernel = backend.ElementwiseKernel(
+    "raw T x, " + _GEOMETRY, "T col",
+    """
+    // i indexes col (G, kh, kw, C/G, N, Ho, Wo), C order: i = q * Ho*Wo + r, one 64-bit
+    // division, then 32-bit ones (q < kh*kw*C*N < 2^31, checked on the host)
+    const int cg = c / groups;
+    const int q = (int)(i / (ho * wo));
+    const int r = (int)(i - (ptrdiff_t)q * (ho * wo));
+    const int ox = r % wo;
+    const int oy = r / wo;
+    int t = q;
+    const int b = t % n; t /= n;
+    const int ch = t % cg; t /= cg;
+    const int j = t % kw; t /= kw;
+    const int k = t % kh;
+    const int g = t / kh;
+    const int yy = oy * sy + k * dy - ph;  // in the unpadded input
+    const int xx = ox * sx + j * dx - pw;
+    if (0 <= yy && yy < h && 0 <= xx && xx < w) {
+        col = x[(((ptrdiff_t)b * c + g * cg + ch) * h + yy) * w + xx];
+    } else {
+        col = (T)0;
+    }
+    """,
+    "minires_im2col")
+
+_col2im_kernel = backend.ElementwiseKernel(
+    "raw T col, " + _GEOMETRY, "T x",
+    """
+    // i indexes x (N, C, H, W), C order: i = q * H*W + r, q = b*C + ch < 2^31 (checked on the
+    // host); (yy, xx) is the pixel in the padded input
+    const int cg = c / groups;
+    const int q = (int)(i / (h * w));
+    const int r = (int)(i - (ptrdiff_t)q * (h * w));
+    const int xx = r % w + pw;
+    const int yy = r / w + ph;
+    const int ch = q % c;
+    const int b = q / c;
+    const int g = ch / cg;
+    T acc = (T)0;
+    for (int k = 0; k < kh; ++k) {
+        const int ty = yy - k * dy;  // oy * sy for the output row whose tap k read this pixel
+        if (ty < 0) break;
+        if (ty % sy != 0 || ty / sy >= ho) continue;
+        for (int j = 0; j < kw; ++j) {
+            const int tx = xx - j * dx;
+            if (tx < 0) break;
+            if (tx % sx != 0 || tx / sx >= wo) continue;
+            acc += col[(((((ptrdiff_t)(g * kh + k) * kw + j) * cg + ch % cg) * n + b) * ho + ty / sy) * wo + tx / sx];
+        }
+    }
+    x = acc;
+    """,
+    "minires_col2im")
+
+
+def _geometry(n, c, h, w, ho, wo, kh, kw, sy, sx, ph, pw, dy, dx, groups):
+    """The kernels' scalar arguments (``_GEOMETRY``), typed int32."""
+    if kh * kw * c * n >= 2 ** 31 or max(h * w, ho * wo) >= 2 ** 31:
+        raise ValueError(f"im2col/col2im on CuPy index with 32-bit integers: {n} images of {c} channels with "
+                         f"a {kh}x{kw} kernel ({h}x{w} -> {ho}x{wo}) is too large; use a smaller batch")
+    return tuple(numpy.int32(v) for v in (n, c, h, w, ho, wo, kh, kw, sy, sx, ph, pw, dy, dx, groups))
+
+
 def im2col(x, kh, kw, sy, sx, ph, pw, dy=1, dx=1, groups=1, out=None):
     """x (N, C, H, W) -> col (kh, kw, C, N, Ho, Wo), col[i, j, c, n, y, x] = xpad[n, c, y*sy + i*dy, x*sx + j*dx].
 
@@ -74,9 +151,13 @@ def im2col(x, kh, kw, sy, sx, ph, pw, dy=1, dx=1, groups=1, out=None):
     n, c, h, w = x.shape
     shape = col_shape(x.shape, kh, kw, sy, sx, ph, pw, dy, dx, groups)
     ho, wo = shape[-2:]
+    col = xp.empty(shape, x.dtype) if out is None else out
+    if xp is not numpy:  # one thread per entry of col, padding included
+        _im2col_kernel(xp.ascontiguousarray(x), *_geometry(n, c, h, w, ho, wo, kh, kw, sy, sx, ph, pw, dy, dx, groups),
+                       col)
+        return col
     xpad = pad2d(x, ph, pw)
     xt = xpad.reshape(n, groups, c // groups, *xpad.shape[2:]).transpose(1, 2, 0, 3, 4)  # (G, C/G, N, Hp, Wp) view
-    col = xp.empty(shape, x.dtype) if out is None else out
     colg = col.reshape(groups, kh, kw, c // groups, n, ho, wo)  # a view, G = 1 included
     for i in range(kh):
         for j in range(kw):
@@ -92,6 +173,11 @@ def col2im(col, x_shape, sy, sx, ph, pw, dy=1, dx=1):
         col = col[None]  # one group
     groups, kh, kw, cg, n, ho, wo = col.shape
     _, _, h, w = x_shape
+    if xp is not numpy:  # one thread per pixel of x, gathering its taps
+        x = xp.empty((n, groups * cg, h, w), col.dtype)
+        _col2im_kernel(xp.ascontiguousarray(col),
+                       *_geometry(n, groups * cg, h, w, ho, wo, kh, kw, sy, sx, ph, pw, dy, dx, groups), x)
+        return x
     xt = xp.zeros((groups, cg, n, h + 2 * ph, w + 2 * pw), col.dtype)  # (G, C/G, N, Hp, Wp)
     for i in range(kh):
         for j in range(kw):

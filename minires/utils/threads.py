@@ -144,6 +144,40 @@ def run(fn, parts):
         return [first] + [f.result() for f in futures]
 
 
+def over_slices(fn, xp, n, bytes_per_image):
+    """fn(k, rows) for the cache-sized slices ``rows`` of a batch of ``n`` (``batch_parts``), on
+    every core, k the thread's share (which names its scratch roles); returns the sum of fn's
+    results: None when fn returns None, else a tuple added up place by place (Nones stay None).
+
+    The skeleton of the convolutions: forward fills its output rows (fn returns None), backward
+    also returns its rows' part of the weight and bias gradients. fn must return new arrays: the
+    sums are taken in place into the first ones. On CuPy fn runs once, on the whole batch.
+    """
+    if xp is not numpy:
+        return fn(0, slice(0, n))
+
+    def part(k, slices):
+        total = None
+        for rows in slices:
+            total = _add_into(total, fn(k, rows))
+        return total
+
+    total = None
+    for r in run(part, batch_parts(xp, n, bytes_per_image)):
+        total = _add_into(total, r)
+    return total
+
+
+def _add_into(total, r):
+    """total + r for tuples of arrays (or Nones), added into total's arrays; r if total is None."""
+    if total is None or r is None:
+        return r if total is None else total
+    for t, a in zip(total, r):
+        if t is not None:
+            t += a
+    return total
+
+
 def over_batch(fn, x):
     """fn(rows) for cache-sized slices ``rows`` of x's batch axis, on every core; returns the sum
     of fn's results (None if fn returns nothing).
