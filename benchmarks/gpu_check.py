@@ -138,7 +138,9 @@ def _read_bench(phase, text, tmp):
         label = row["phase"] + (" tf32" if row["tf32"] else "")
         parts.append(f"{label} {row['ratio']:.2f}x torch" if "ratio" in row else
                      f"{label} {row['minires_img_s']:.0f} img/s")
-    return {"rows": result.get("rows", []), "gpu": result.get("gpu"), "env": result.get("env")}, ", ".join(parts)
+    lost = result.get("lost", [])
+    summary = ", ".join(parts) + (f"; {len(lost)} process(es) died: {lost[0]} (bench.log)" if lost else "")
+    return {"rows": result.get("rows", []), "gpu": result.get("gpu"), "env": result.get("env"), "lost": lost}, summary
 
 
 def _read_train(phase, text, tmp):

@@ -369,8 +369,8 @@ def _time_frameworks(args, frameworks):
     Each framework (and TF32 setting) runs in its own process; they take turns in blocks of
     ``--block`` steps (ABBA order, so neither always goes first), each block after ``--warmup``
     untimed steps that absorb the switch (caches, and the other process's thread pool going to
-    sleep). Returns (steps, threads, gpu): dicts keyed by the workers' keys ("minires",
-    "torch", "minires_tf32", "torch_tf32").
+    sleep). Returns (steps, threads, gpu, lost): dicts keyed by the workers' keys ("minires",
+    "torch", "minires_tf32", "torch_tf32"), and what was said of processes that died.
     """
     settings = {"off": ["off"], "on": ["on"], "both": ["off", "on"]}[args.tf32]
     workers, lost = [], []
@@ -412,7 +412,7 @@ def _time_frameworks(args, frameworks):
         for key, h in host.items():
             if h:
                 gpu.setdefault(key[0], {})[f"host_{key[1]}_s"] = float(numpy.median(h))
-        return steps, {w.key: w.threads for w in ready}, gpu
+        return steps, {w.key: w.threads for w in ready}, gpu, lost
     finally:
         for w in workers:
             w.close()
@@ -537,7 +537,7 @@ def main(argv=None):
         frameworks.append("torch")
     with open("/proc/loadavg") as f:
         loadavg_before = " ".join(f.read().split()[:3])
-    steps, threads, gpu = _time_frameworks(args, frameworks)
+    steps, threads, gpu, lost = _time_frameworks(args, frameworks)
     keys = [k for k in threads if (k, "train") in steps]  # minires, torch, then the TF32 twins
 
     env = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
@@ -557,7 +557,7 @@ def main(argv=None):
     print(f"{args.model}, batch {args.batch_size}, {args.size}x{args.size}, {args.dtype}, backend {args.backend}; "
           f"each framework in its own process, {args.rounds} alternating blocks of {args.block} steps "
           f"after {args.warmup} warm-up; {how}; {env}")
-    summary = {"args": vars(args), "env": env, "rows": []}
+    summary = {"args": vars(args), "env": env, "rows": [], "lost": lost}
     for phase in ("train", "infer"):
         for tf32 in ("", "_tf32"):
             names = [k for k in keys if k.endswith("_tf32") == bool(tf32) and steps[k, phase]]

@@ -268,6 +268,9 @@ def test_the_gpu_plan_runs_end_to_end_on_a_stand_in_for_cupy(subset_dir, tmp_pat
     bench = phases["bench-resnet20"]
     assert bench["status"] == "ok", (out / "bench.log").read_text()[-3000:]
     # CPU PyTorch has no CUDA: its processes fail to start and minires is timed alone, TF32 off and on
+    assert bench["result"]["lost"] == ["the torch benchmark process exited (code 1)",
+                                       "the torch_tf32 benchmark process exited (code 1)"]
+    assert "2 process(es) died" in bench["summary"]
     rows = bench["result"]["rows"]
     assert [(r["phase"], r["tf32"]) for r in rows] == [("train", False), ("train", True),
                                                        ("infer", False), ("infer", True)]
