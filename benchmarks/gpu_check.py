@@ -13,7 +13,8 @@ it found:
 - ``equivalence``: ``MINIRES_BACKEND=cupy python -m pytest tests/test_cupy_equivalence.py -k "cupy
   and not [numpy"``: whole ResNet-20 and ResNet-18 forward, backward and SGD steps on CuPy equal
   to NumPy with the same weights (float64 and float32), folded inference, checkpoints across
-  backends. First, because it matters most and compiles most kernels the benchmarks use.
+  backends, gradient checks of the residual blocks. First, because it matters most and
+  compiles most kernels the benchmarks use.
 - ``bench-resnet20``, ``bench-resnet56``, ``bench-resnet18``: ``benchmarks/train_step.py --backend
   cupy --compare torch --tf32 both`` at batch 128 on 32x32 inputs (ResNet-18 with the CIFAR stem):
   minires on CuPy against PyTorch CUDA eager, CUDA events, interleaved, float32 with TF32 off on

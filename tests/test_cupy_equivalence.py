@@ -1,4 +1,5 @@
-"""Whole models on CuPy equal to the same models on NumPy, and checkpoints that cross backends.
+"""Whole models on CuPy equal to the same models on NumPy, checkpoints that cross backends, and
+the gradient checks the rest of the suite runs on NumPy only, on CuPy.
 
 Each test builds one model on NumPy, copies its state to a twin on the backend under test and
 runs both on the same batch: logits, loss, every gradient, the batch-norm running statistics and
@@ -13,7 +14,10 @@ import pytest
 
 import minires
 import minires.functional as F
-from minires import Tensor, backend as mb, models
+from minires import Tensor, backend as mb, gradcheck, models
+from minires.models.blocks import Bottleneck, projection
+from minires.models.preact import PreActBottleneck
+from minires.models.wide import WideBasicBlock
 from minires.optim import SGD
 from minires.serialization import load, save
 
@@ -140,3 +144,40 @@ def test_checkpoint_crosses_backends_and_training_continues_alike(backend, direc
     expected = dict(model.named_parameters())
     for n, p in resumed.named_parameters():
         assert_close(p.data, expected[n].data, backend, "float32", f"{n} one step after resuming")
+
+
+# -- gradient checks the rest of the suite runs on NumPy only ----------------------------------------
+
+@pytest.fixture
+def cupy_only():
+    if not mb.cupy_available():
+        pytest.skip("cupy backend unavailable: CuPy with a CUDA GPU is not installed on this machine")
+    return "cupy"
+
+
+BLOCKS = {  # (block, input shape): the blocks whose gradchecks elsewhere run on NumPy only
+    "bottleneck": (lambda: Bottleneck(8, 4, stride=2, downsample=projection(8, 16, 2)), (2, 8, 4, 4)),
+    "grouped": (lambda: Bottleneck(16, 8, stride=2, downsample=projection(16, 32, 2), groups=4, base_width=16),
+                (2, 16, 5, 5)),
+    "preact": (lambda: PreActBottleneck(8, 4, 16, stride=2), (2, 8, 6, 6)),
+    "wide": (lambda: WideBasicBlock(4, 8, stride=2), (2, 4, 5, 5)),
+}
+
+
+@pytest.mark.parametrize("name", list(BLOCKS))
+def test_block_gradients_on_cupy(cupy_only, name):
+    make, shape = BLOCKS[name]
+    minires.manual_seed(0)
+    block = make().to("cupy").astype("float64").train()
+    x = Tensor(mb.to_backend(np.random.default_rng(4).standard_normal(shape), "cupy"), requires_grad=True)
+    assert gradcheck(lambda x, *ps: block(x), [x] + list(block.parameters()), mode="directional", n_directions=4)
+
+
+def test_repeated_integer_index_accumulates_on_cupy(cupy_only):
+    """The backward of indexing with repeated integers is xp.add.at: an atomic scatter on CuPy."""
+    x = Tensor(mb.to_backend(np.arange(4.0), "cupy"), requires_grad=True)
+    index = mb.to_backend(np.array([0, 2, 0, 0]), "cupy")
+    assert gradcheck(lambda t: t[index], [x])
+    x.grad = None
+    x[mb.to_backend(np.array([1, 1, 3]), "cupy")].sum().backward()
+    np.testing.assert_array_equal(mb.to_numpy(x.grad), [0, 2, 0, 1])
