@@ -6,8 +6,9 @@ runs both on the same batch: logits, loss, every gradient, the batch-norm runnin
 the weights after SGD steps must agree. On NumPy (the twin is a second NumPy model) they must
 be bit-equal, which checks the test itself and the NumPy path's determinism on every machine;
 the CuPy case skips without a GPU (``benchmarks.gpu_check`` runs it on one). Tolerances are
-relative norms per tensor, ||a - b|| / ||b||: float64 1e-9, float32 1e-4 (TF32 off, CuPy's
-default; cuBLAS and OpenBLAS sum in different orders, and batch norm amplifies that).
+relative norms per tensor, ||a - b|| / ||b||: float64 1e-9, the strict check (a wrong index or
+dtype in a kernel is off by far more); float32 1e-3, with TF32 off (CuPy's default): cuBLAS and
+OpenBLAS sum in different orders, and batch norm over a batch of 2 amplifies that.
 """
 import numpy as np
 import pytest
@@ -21,7 +22,7 @@ from minires.models.wide import WideBasicBlock
 from minires.optim import SGD
 from minires.serialization import load, save
 
-TOLERANCE = {"float64": 1e-9, "float32": 1e-4}
+TOLERANCE = {"float64": 1e-9, "float32": 1e-3}
 
 MODELS = {
     "resnet20": lambda: models.resnet20(),
