@@ -211,8 +211,7 @@ def plan(args, tmp):
 # -- running -----------------------------------------------------------------------------------------
 
 def _stop(proc):
-    """End a phase's whole process group (it was started in a session of its own): SIGTERM,
-    then SIGKILL after STOP_GRACE seconds."""
+    """End a phase's whole process group: SIGTERM, then SIGKILL after STOP_GRACE seconds."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(proc.pid, sig)
@@ -246,21 +245,26 @@ def run_phase(phase, budget, out, tmp):
             return record
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(_ROOT), os.environ.get("PYTHONPATH")])),
                    PYTHONUNBUFFERED="1", CUPY_TF32="0", **phase.env)
+        # A process group of its own (not a session: whatever ends this command's session also
+        # ends the phase), so that a phase past its budget is stopped with all its children.
         proc = subprocess.Popen(phase.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                cwd=_ROOT, env=env, start_new_session=True)
+                                cwd=_ROOT, env=env, preexec_fn=os.setpgrp)
         try:
             rc = proc.wait(timeout=max(0.0, budget - (time.monotonic() - start)))
             status = "ok" if rc == 0 else "failed"
         except subprocess.TimeoutExpired:
             _stop(proc)
             rc, status = proc.returncode, "timed out"
+        except BaseException:  # Ctrl-C, or SIGTERM (main turns it into SystemExit): no phase left running
+            _stop(proc)
+            raise
     record.update(status=status, returncode=rc, seconds=round(time.monotonic() - start, 1))
     with open(log_path) as f:
         f.seek(offset)
         text = f.read()
     try:
         record["result"], record["summary"] = phase.read(phase, text, tmp)
-    except (OSError, ValueError, KeyError) as e:
+    except Exception as e:  # whatever a broken phase left behind, the run goes on to the next
         record["result"], record["summary"] = {}, f"output not readable: {type(e).__name__}: {e}"
     if status == "timed out":
         record["summary"] = f"stopped after {budget:.0f} s; so far: {record['summary']}"
@@ -355,6 +359,8 @@ def main(argv=None):
     except ValueError as e:
         p.error(str(e))
     tmp = tempfile.mkdtemp(prefix="minires-gpu-check-")
+    # Stopped from outside: end the running phase and keep the reports written so far.
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(f"gpu_check: stopped by signal {signum}"))
     try:
         try:
             phases = plan(args, tmp)
@@ -385,13 +391,20 @@ def main(argv=None):
                                          "seconds": 0, "summary": "no time left of --total"})
             else:
                 print(f"[gpu_check] {ph.name} (budget {min(budgets[ph.name], left):.0f} s) ...", file=sys.stderr, flush=True)
-                report["phases"].append(run_phase(ph, min(budgets[ph.name], left), out, tmp))
+                try:
+                    report["phases"].append(run_phase(ph, min(budgets[ph.name], left), out, tmp))
+                except (SystemExit, KeyboardInterrupt):
+                    report["phases"].append({"name": ph.name, "status": "stopped", "budget_s": budgets[ph.name],
+                                             "summary": "gpu_check was stopped from outside during this phase"})
+                    write_reports(report, out)
+                    raise
                 print(f"[gpu_check] {ph.name}: {report['phases'][-1]['status']} in "
                       f"{report['phases'][-1]['seconds']:.0f} s", file=sys.stderr, flush=True)
             write_reports(report, out)
         report["finished"] = True
         write_reports(report, out)
     finally:
+        signal.signal(signal.SIGTERM, previous)
         shutil.rmtree(tmp, ignore_errors=True)
     print(markdown(report), end="")
     return 0 if all(ph["status"] == "ok" for ph in report["phases"]) else 1

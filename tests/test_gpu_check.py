@@ -3,8 +3,10 @@ subset that travels with it, and train_step's GPU options (benchmarks/gpu_check.
 train_step.py)."""
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -108,6 +110,38 @@ def test_phases_past_the_total_budget_are_skipped_and_reported(tmp_path):
     assert [(p["name"], p["status"]) for p in report["phases"]] == [("equivalence", "timed out"),
                                                                     ("bench-resnet20", "skipped")]
     assert len(list(out.iterdir())) <= 8
+
+
+def _processes_with(marker):
+    """Pids of the processes whose environment holds ``marker`` (Linux /proc)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and marker.encode() in (entry / "environ").read_bytes():
+                pids.append(int(entry.name))
+        except OSError:  # gone meanwhile, or not ours to read
+            pass
+    return pids
+
+
+def test_stopping_gpu_check_stops_the_running_phase_and_keeps_the_report(tmp_path):
+    out, marker = tmp_path / "report", f"GPU_CHECK_TEST={os.getpid()}-{tmp_path.name}"
+    env = dict(os.environ, GPU_CHECK_TEST=marker.split("=")[1])
+    proc = subprocess.Popen([sys.executable, "-m", "benchmarks.gpu_check", "--backend", "numpy", "--quick",
+                             "--out", str(out), "--phases", "equivalence"], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (out / "tests.log").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)  # pytest has started
+    assert len(_processes_with(marker)) >= 2  # gpu_check and its phase
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 1 and "stopped by signal" in proc.stderr.read()
+    time.sleep(0.5)
+    assert _processes_with(marker) == []
+    report = json.loads((out / gpu_check.REPORT_JSON).read_text())
+    assert report["finished"] is False and [(p["name"], p["status"]) for p in report["phases"]] == [
+        ("equivalence", "stopped")]
 
 
 def test_the_gpu_plan_runs_the_stated_commands_within_eight_minutes(tmp_path):
