@@ -366,6 +366,12 @@ def main(argv=None):
             phases = plan(args, tmp)
         except ValueError as e:
             p.error(str(e))
+        if args.backend == "cupy":
+            from minires.backend import BackendError, get_module
+            try:
+                get_module("cupy")  # CuPy imports and sees a GPU (no context is made)
+            except BackendError as e:
+                p.error(f"--backend cupy: {e} (--backend numpy runs the machinery on a CPU)")
         if any(ph.name == "train" for ph in phases):
             if not args.data_dir:
                 p.error("--data-dir is needed for the train phase (make it with python -m benchmarks.gpu_data)")

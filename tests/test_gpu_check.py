@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from benchmarks import gpu_check, gpu_data, train_step
+from minires import backend as mb
 from minires.data import load_cifar10
 from minires.train import build_parser, parse_args
 
@@ -184,6 +185,16 @@ def test_gpu_check_refuses_bad_arguments_before_starting(tmp_path, capsys):
         with pytest.raises(SystemExit) as e:
             gpu_check.main(["--backend", "numpy", "--out", str(tmp_path / "o")] + argv)
         assert e.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_gpu_check_on_a_machine_without_a_gpu_says_so_in_one_line(tmp_path, capsys):
+    if mb.cupy_available():
+        pytest.skip("CuPy sees a GPU here")
+    with pytest.raises(SystemExit) as e:
+        gpu_check.main(["--out", str(tmp_path / "o"), "--phases", "env"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert e.value.code == 2 and "--backend cupy: " in err and "CuPy" in err
     assert not (tmp_path / "o").exists()
 
 
