@@ -66,7 +66,7 @@ def _minires_setup(args):
     return model, x, y, opt
 
 
-def _minires_fns(model, x, y, opt, backend_name, fuse=True):
+def _minires_fns(model, x, y, opt, fuse=True):
     import minires
     import minires.functional as F
 
@@ -287,7 +287,7 @@ def _worker(args, framework):
         fns = _torch_setup(args, _minires_setup(argparse.Namespace(**{**vars(args), "backend": "numpy"}))[0])
     else:
         model, x, y, opt = _minires_setup(args)
-        fns = _minires_fns(model, x, y, opt, args.backend, fuse=not args.no_fuse)
+        fns = _minires_fns(model, x, y, opt, fuse=not args.no_fuse)
     gpu = _GpuTimer(framework) if fns is not None and args.backend == "cupy" else None
     print(json.dumps({"ready": fns is not None, "threads": threads}), flush=True)
     for line in sys.stdin:
@@ -451,7 +451,7 @@ def _memory_child(args, framework):
         train, _ = _torch_setup(args, None)
     else:
         model, x, y, opt = _minires_setup(args)
-        train, _ = _minires_fns(model, x, y, opt, args.backend)
+        train, _ = _minires_fns(model, x, y, opt)
     base = _status_mb("VmRSS")
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset the peak (VmHWM) to the current size, so set-up transients do not count
