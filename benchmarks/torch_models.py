@@ -57,8 +57,10 @@ class CifarResNet(tnn.Module):
 class BasicBlock(tnn.Module):
     expansion = 1
 
-    def __init__(self, cin, width, stride):
+    def __init__(self, cin, width, stride, groups=1, base_width=64):
         super().__init__()
+        if groups != 1 or base_width != 64:
+            raise ValueError("BasicBlock only supports groups=1 and base_width=64 (as torchvision's)")
         self.conv1 = tnn.Conv2d(cin, width, 3, stride, 1, bias=False)
         self.bn1 = tnn.BatchNorm2d(width)
         self.conv2 = tnn.Conv2d(width, width, 3, 1, 1, bias=False)
@@ -73,14 +75,18 @@ class BasicBlock(tnn.Module):
 
 
 class Bottleneck(tnn.Module):
+    """torchvision's, with its ResNeXt / Wide ResNet options: the 3x3 conv has ``groups`` groups
+    of ``base_width / 64`` times ``planes`` channels each."""
+
     expansion = 4
 
-    def __init__(self, cin, width, stride):
+    def __init__(self, cin, planes, stride, groups=1, base_width=64):
         super().__init__()
-        cout = width * 4
+        cout = planes * 4
+        width = int(planes * (base_width / 64.0)) * groups
         self.conv1 = tnn.Conv2d(cin, width, 1, bias=False)
         self.bn1 = tnn.BatchNorm2d(width)
-        self.conv2 = tnn.Conv2d(width, width, 3, stride, 1, bias=False)
+        self.conv2 = tnn.Conv2d(width, width, 3, stride, 1, groups=groups, bias=False)
         self.bn2 = tnn.BatchNorm2d(width)
         self.conv3 = tnn.Conv2d(width, cout, 1, bias=False)
         self.bn3 = tnn.BatchNorm2d(cout)
@@ -98,7 +104,7 @@ class Bottleneck(tnn.Module):
 class ResNet(tnn.Module):
     """torchvision's ResNet with a choice of stem ("imagenet": 7x7/2 + max pool; "cifar": 3x3/1)."""
 
-    def __init__(self, block, layers, stem="cifar", num_classes=10):
+    def __init__(self, block, layers, stem="cifar", num_classes=10, groups=1, width_per_group=64):
         super().__init__()
         if stem == "imagenet":
             self.conv1 = tnn.Conv2d(3, 64, 7, 2, 3, bias=False)
@@ -110,7 +116,7 @@ class ResNet(tnn.Module):
         for i, (width, n) in enumerate(zip((64, 128, 256, 512), layers)):
             blocks = []
             for j in range(n):
-                blocks.append(block(cin, width, (1 if i == 0 else 2) if j == 0 else 1))
+                blocks.append(block(cin, width, (1 if i == 0 else 2) if j == 0 else 1, groups, width_per_group))
                 cin = width * block.expansion
             setattr(self, f"layer{i + 1}", tnn.Sequential(*blocks))
         self.fc = tnn.Linear(cin, num_classes)

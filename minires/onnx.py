@@ -40,7 +40,7 @@ from .functional.normalization import BatchNormEvalFunction
 from .functional.pooling import AvgPool2dFunction, GlobalAvgPool2dFunction, MaxPool2dFunction
 from .functional.residual import PadChannelsFunction
 from .data.transforms import unit_scale_stats
-from .training.guard import non_finite
+from .utils.finite import non_finite
 from .utils.io import atomic_write
 
 OPSET = 18  # ai.onnx opset of the exported graphs (ONNX >= 1.13, onnxruntime >= 1.14)

@@ -32,7 +32,7 @@ import numpy
 
 from .backend import get_array_module, to_numpy
 
-__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "LRSchedule", "ConstantLR", "MultiStepLR", "CosineLR"]
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "LRSchedule", "ConstantLR", "MultiStepLR", "CosineLR", "PiecewiseLR"]
 
 
 def _check_numbers(group, names, where):
@@ -437,3 +437,24 @@ class CosineLR(LRSchedule):
     def schedule(self, step):
         t = min(step, self.total_steps) / self.total_steps
         return self.min_lr + (self.base_lr - self.min_lr) * (1 + math.cos(math.pi * t)) / 2
+
+
+class PiecewiseLR(LRSchedule):
+    """The base lr times ``factors[i]`` from iteration ``milestones[i]`` on: lr(step) = base_lr *
+    factors[k - 1], k = number of milestones <= step (base_lr itself before the first). Keras's
+    CIFAR-10 ResNet example: milestones at the first iteration of epochs 81, 121, 161, 181,
+    factors 0.1, 0.01, 0.001, 0.0005."""
+
+    def __init__(self, optimizer, milestones, factors, warmup_steps=0, warmup_lr=None, warmup="constant"):
+        milestones, factors = [int(m) for m in milestones], [float(f) for f in factors]
+        if any(m < 0 for m in milestones) or milestones != sorted(milestones):
+            raise ValueError(f"milestones must be non-negative and increasing, found {milestones}")
+        if len(factors) != len(milestones) or not all(f > 0 for f in factors):
+            raise ValueError(f"factors must be one positive number per milestone, found {factors} "
+                             f"for {len(milestones)} milestones")
+        self.milestones, self.factors = milestones, factors
+        super().__init__(optimizer, warmup_steps, warmup_lr, warmup)
+
+    def schedule(self, step):
+        k = bisect.bisect_right(self.milestones, step)
+        return self.base_lr * self.factors[k - 1] if k else self.base_lr

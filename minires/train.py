@@ -6,7 +6,8 @@ iterations), weight decay 1e-4, per-pixel mean subtraction, 4-pixel pad + random
 164 epochs (64k iterations); ResNet-110 warms up at lr 0.01 for its first 400 iterations.
 ``--optimizer adam`` or ``adamw`` trains with Adam or AdamW instead (lr 1e-3 unless --lr says).
 ``--recipe fast`` (``RECIPES``) trains 50 epochs instead: cosine, Nesterov, weight decay 5e-4,
-label smoothing 0.1, per-channel standardisation; options written beside it win.
+label smoothing 0.1, per-channel standardisation; ``--recipe keras`` the Keras CIFAR-10 ResNet
+example's (Adam, batch 32, 200 epochs, ``--schedule keras``); options written beside it win.
 
 Everything a run produces goes to ``--out``: metrics.csv (one row per epoch), config.json,
 last.npz (model, optimizer, schedule, data position; written atomically at every epoch end and
@@ -43,7 +44,7 @@ from . import backend, distributed, models, weights
 from .data import DatasetNotFoundError, make_cifar10_loaders, make_cifar10_test_loader
 from .nn import SyncBatchNorm
 from .rng import manual_seed
-from .optim import SGD, Adam, AdamW, ConstantLR, CosineLR, MultiStepLR
+from .optim import SGD, Adam, AdamW, ConstantLR, CosineLR, MultiStepLR, PiecewiseLR
 from .training import (CheckpointError, Interrupted, NonFiniteError, OutOfMemoryError, TrainingError,
                        TrainState, evaluate, fit, read_checkpoint)
 from .training import extensions as ext
@@ -79,18 +80,29 @@ class _Parser(argparse.ArgumentParser):
 
 
 # Named sets of option values (--recipe NAME); an option written on the command line wins over
-# its recipe. Every recipe sets the same options, so switching recipes leaves nothing behind.
+# its recipe. An option that another recipe sets and this one does not takes the parser's default
+# (recipe_defaults), so switching recipes leaves nothing behind.
 # paper: He et al. 2015, the parser's defaults. fast: 50 epochs of cosine from 0.1 with
 # Nesterov momentum, weight decay 5e-4 and label smoothing 0.1 on per-channel standardised
 # inputs, for the paper's 91.25% in under a third of its 164 epochs (issue 18; 30 such epochs
-# reach 90.55% in PyTorch). The recipes are SGD's: with --optimizer adam or adamw, parse_args
-# leaves the weight decay at that optimizer's default.
+# reach 90.55% in PyTorch). keras: the training of Keras's CIFAR-10 ResNet example (Adam,
+# KERAS_LR_STEPS, ReduceLROnPlateau(factor=sqrt(0.1), patience=5, min_lr=0.5e-6) on the test
+# loss, l2(1e-4) on the Conv2D kernels, which adds 1e-4 * sum(w^2) to the loss: a gradient of
+# 2e-4 * w). A recipe's --lr and --weight-decay are its optimizer's: with another --optimizer,
+# parse_args takes that optimizer's defaults (OPTIMIZER_DEFAULTS).
 RECIPES = {
     "paper": {"epochs": 164, "schedule": "multistep", "nesterov": False, "weight_decay": 1e-4,
               "label_smoothing": 0.0, "normalization": "pixel_mean"},
     "fast": {"epochs": 50, "schedule": "cosine", "nesterov": True, "weight_decay": 5e-4,
              "label_smoothing": 0.1, "normalization": "channel"},
+    "keras": {"epochs": 200, "schedule": "keras", "nesterov": False, "weight_decay": 2e-4,
+              "label_smoothing": 0.0, "normalization": "pixel_mean", "optimizer": "adam", "lr": 1e-3,
+              "eps": 1e-7, "batch_size": 32, "conv_decay_only": True, "reduce_lr_on_plateau": 5,
+              "plateau_factor": math.sqrt(0.1), "min_lr": 0.5e-6, "monitor": "loss"},
 }
+
+# Keras's lr_schedule(epoch): the lr times FACTOR once the 0-based epoch exceeds EPOCH.
+KERAS_LR_STEPS = ((80, 0.1), (120, 1e-2), (160, 1e-3), (180, 0.5e-3))
 
 
 def describe_recipe(name):
@@ -102,9 +114,27 @@ def describe_recipe(name):
             words.append(flag)
         elif value is False:
             words.append("--no-" + flag[2:])
+        elif isinstance(value, float):
+            short = f"{value:g}"  # unless that loses digits (sqrt(0.1)): the flag gives the same value
+            words.append(f"{flag} {short if float(short) == value else repr(value)}")
         else:
-            words.append(f"{flag} {value:g}" if isinstance(value, float) else f"{flag} {value}")
+            words.append(f"{flag} {value}")
     return " ".join(words)
+
+
+def recipe_defaults(name, optimizer=None):
+    """The option values --recipe ``name`` stands for: its own, and the parser's defaults for every
+    option that only other recipes set. --lr and --weight-decay are the recipe's for its own
+    optimizer; for another ``optimizer`` they are that one's defaults (OPTIMIZER_DEFAULTS)."""
+    plain = build_parser()
+    values = {key: plain.get_default(key) for recipe in RECIPES.values() for key in recipe}
+    values.update(RECIPES[name])
+    optimizer = optimizer or values["optimizer"]
+    for key, value in OPTIMIZER_DEFAULTS[optimizer].items():
+        if optimizer != values["optimizer"] or key not in RECIPES[name]:
+            values[key] = value
+    values["optimizer"] = optimizer
+    return values
 
 
 def build_parser(exit_on_error=True):
@@ -138,8 +168,13 @@ def build_parser(exit_on_error=True):
                    help="weight decay (default: 1e-4 with sgd and adam, 0.01 with adamw)")
     o.add_argument("--no-bn-decay", action="store_true",
                    help="exclude BatchNorm parameters and biases from weight decay (the paper decays all weights)")
-    o.add_argument("--schedule", choices=("multistep", "cosine", "constant"), default="multistep",
-                   help="multistep: lr/10 at 50%% and 75%% of the iterations; cosine: to 0 at the end")
+    o.add_argument("--conv-decay-only", action=argparse.BooleanOptionalAction, default=False,
+                   help="weight decay on the convolution kernels only (Keras's kernel_regularizer on Conv2D)")
+    o.add_argument("--schedule", choices=("multistep", "cosine", "constant", "keras"), default="multistep",
+                   help="multistep: lr/10 at 50%% and 75%% of the iterations; cosine: to 0 at the end; keras: "
+                        "Keras's lr_schedule, lr x0.1, x0.01, x0.001, x0.0005 once the 0-based epoch exceeds 80, "
+                        "120, 160, 180, set afresh at every epoch's start as Keras's LearningRateScheduler does, "
+                        "so --reduce-lr-on-plateau only logs the reductions Keras makes and overwrites")
     o.add_argument("--warmup", type=int, default=None,
                    help="iterations at --warmup-lr before the schedule starts "
                         "(default: 400 for depth >= 110 with sgd as in the paper, else 0)")
@@ -202,12 +237,11 @@ def parse_args(parser, argv, inherited=None):
     its value from ``inherited`` (a resumed run's options, ``config_defaults``), then from its
     --recipe, then the parser's default."""
     inherited = inherited or {}
-    parser.set_defaults(**inherited)  # the run's --recipe and --optimizer, unless written
-    first = parser.parse_known_args(argv)[0]
-    defaults = dict(RECIPES[first.recipe])
-    if first.optimizer != "sgd":  # the recipes are SGD's: Adam and AdamW keep their own weight decay
-        defaults["weight_decay"] = OPTIMIZER_DEFAULTS[first.optimizer]["weight_decay"]
-    parser.set_defaults(**{**defaults, **inherited})
+    parser.set_defaults(**inherited)  # the run's --recipe, unless written
+    recipe = parser.parse_known_args(argv)[0].recipe
+    parser.set_defaults(**{**recipe_defaults(recipe), **inherited})  # the recipe's --optimizer, unless written
+    optimizer = parser.parse_known_args(argv)[0].optimizer
+    parser.set_defaults(**{**recipe_defaults(recipe, optimizer), **inherited})
     return parser.parse_args(argv)
 
 
@@ -334,18 +368,20 @@ def build_model(args):
     return models.create(name, **kwargs)
 
 
-def param_groups(model, weight_decay, no_bn_decay):
-    """All parameters decayed (the paper), or BN parameters and biases (1-D arrays) exempt."""
+def param_groups(model, weight_decay, no_bn_decay, conv_decay_only=False):
+    """All parameters decayed (the paper), or BN parameters and biases (1-D arrays) exempt, or
+    with ``conv_decay_only`` only the convolution kernels (4-D arrays) decayed."""
     params = list(model.parameters())
-    if not no_bn_decay:
+    if not (no_bn_decay or conv_decay_only):
         return [{"params": params, "weight_decay": weight_decay}]
-    decay = [p for p in params if p.ndim > 1]
-    rest = [p for p in params if p.ndim <= 1]
+    decayed = (lambda p: p.ndim == 4) if conv_decay_only else (lambda p: p.ndim > 1)
+    decay = [p for p in params if decayed(p)]
+    rest = [p for p in params if not decayed(p)]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
 
 
 def build_optimizer(args, model):
-    groups = param_groups(model, args.weight_decay, args.no_bn_decay)
+    groups = param_groups(model, args.weight_decay, args.no_bn_decay, args.conv_decay_only)
     if args.optimizer == "sgd":
         return SGD(groups, lr=args.lr, momentum=args.momentum, nesterov=args.nesterov)
     return (Adam if args.optimizer == "adam" else AdamW)(groups, lr=args.lr, eps=args.eps)
@@ -365,6 +401,10 @@ def build_schedule(args, optimizer, total_steps):
         return MultiStepLR(optimizer, [total_steps // 2, (3 * total_steps) // 4], gamma=0.1, **common)
     if args.schedule == "cosine":
         return CosineLR(optimizer, total_steps, **common)
+    if args.schedule == "keras":  # at fixed epochs, whatever --epochs is, as Keras's
+        steps_per_epoch = total_steps // args.epochs
+        milestones = [(epoch + 1) * steps_per_epoch for epoch, _ in KERAS_LR_STEPS]
+        return PiecewiseLR(optimizer, milestones, [factor for _, factor in KERAS_LR_STEPS], **common)
     return ConstantLR(optimizer, **common)
 
 
@@ -377,7 +417,7 @@ def build_extensions(args, out, resumed_from, schedule):
     extensions = []
     if args.reduce_lr_on_plateau:
         extensions.append(ext.ReduceLROnPlateau(schedule, monitor, args.plateau_factor, args.reduce_lr_on_plateau,
-                                                args.min_lr, log=print))
+                                                args.min_lr, log=print, reset_each_epoch=args.schedule == "keras"))
     if args.early_stopping:
         extensions.append(ext.EarlyStopping(monitor, args.early_stopping, log=print))
     best = ext.BestSnapshot(out, monitor="val_acc" if args.val_split else "test_acc")

@@ -80,6 +80,31 @@ def tiny_cifar10_dir(tmp_path_factory):
     return write_tiny_cifar10(tmp_path_factory.mktemp("tiny") / "cifar-10-batches-py")
 
 
+# --- runs of the training command line (train.main) ------------------------------------------
+
+@pytest.fixture
+def _leave_globals_alone(monkeypatch, tmp_path):
+    """run() seeds the weight initialiser and may set the backend: restore both afterwards, so
+    the rest of the suite sees what it would have seen without these tests. A run without --out
+    writes to runs/ under the working directory: make that a temporary one."""
+    from minires import backend as mb
+    from minires import rng as minires_rng
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(minires_rng, "_rng", minires_rng.get_rng())
+    previous = mb.get_backend()
+    yield
+    mb.set_backend(previous)
+
+
+def run_main(*argv):
+    """``train.main(argv)``'s exit code, also when it leaves through SystemExit (argparse, Ctrl-C)."""
+    import minires.train as train
+    try:
+        return train.main([str(a) for a in argv])
+    except SystemExit as e:
+        return 0 if e.code is None else e.code
+
+
 # --- array backends (core tests: autograd, functional, nn, gradcheck, backend) ------------------
 
 @pytest.fixture(scope="session", params=["numpy", "cupy"])

@@ -16,11 +16,13 @@ import pytest
 import minires.functional as F
 import minires.train as train
 from minires import Tensor, models
-from minires import backend as mb
 from minires.nn import init
 from minires import rng as minires_rng
 from minires.optim import SGD, Adam, AdamW, MultiStepLR
 from minires.serialization import load, save
+from conftest import run_main
+
+pytestmark = pytest.mark.usefixtures("_leave_globals_alone")  # conftest.py
 
 
 class Param:
@@ -370,23 +372,6 @@ def _one_blas_thread():
 
 ADAMW = ["--depth", "8", "--limit-train", "256", "--limit-test", "64", "--batch-size", "64", "--no-progress",
          "--optimizer", "adamw", "--schedule", "constant"]
-
-
-@pytest.fixture(autouse=True)
-def _leave_globals_alone(monkeypatch, tmp_path):
-    """run() seeds the weight initialiser and may set the backend: restore both afterwards."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(minires_rng, "_rng", minires_rng.get_rng())
-    previous = mb.get_backend()
-    yield
-    mb.set_backend(previous)
-
-
-def run_main(*argv):
-    try:
-        return train.main([str(a) for a in argv])
-    except SystemExit as e:
-        return 0 if e.code is None else e.code
 
 
 def metric_rows(out):

@@ -16,10 +16,9 @@ import pytest
 import minires
 import minires.functional as F
 import minires.train as train
-from minires import Tensor, backend as mb, nn
+from minires import Tensor, nn
 from minires.functional.winograd import conv2d_winograd
 from minires.nn import init
-from minires import rng as minires_rng
 from minires.serialization import save
 from minires.training import CheckpointError, read_checkpoint
 
@@ -155,15 +154,11 @@ TINY = ["--depth", "8", "--limit-test", "64", "--batch-size", "32", "--no-progre
 
 
 @pytest.fixture
-def checkpoint(tmp_path, monkeypatch):
+def checkpoint(_leave_globals_alone):
     """A weights-only checkpoint of a fresh ResNet-8 (``{"model": state_dict}``), as a dict to change
     and save; run() seeds the initialiser and may set the backend: both are restored afterwards."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(minires_rng, "_rng", minires_rng.get_rng())
-    previous = mb.get_backend()
     init.manual_seed(0)
-    yield {"model": minires.models.cifar_resnet(8).state_dict()}
-    mb.set_backend(previous)
+    return {"model": minires.models.cifar_resnet(8).state_dict()}
 
 
 def eval_only(data_dir, checkpoint, path):

@@ -9,6 +9,7 @@ from minires.data.loader import ArrayLoader
 from minires.optim import SGD, ConstantLR
 from minires.serialization import load
 from minires.training import Extension, Profiler, TrainState, default_extensions, fit
+from conftest import run_main
 
 
 def tiny_state(lr=0.01, n=32, seed=0):
@@ -190,25 +191,7 @@ def test_a_run_stopped_right_after_a_reduction_resumes_exactly(tmp_path):
 TINY = ["--depth", "8", "--limit-train", "64", "--limit-test", "32", "--batch-size", "32", "--no-progress"]
 
 
-def run_main(*argv):
-    import minires.train as train
-    try:
-        return train.main([str(a) for a in argv])
-    except SystemExit as e:
-        return 0 if e.code is None else e.code
-
-
-@pytest.fixture
-def _restore_globals(monkeypatch, tmp_path):
-    from minires import backend, rng
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(rng, "_rng", rng.get_rng())
-    previous = backend.get_backend()
-    yield
-    backend.set_backend(previous)
-
-
-def test_the_cli_composes_plateau_and_early_stopping(tiny_cifar10_dir, tmp_path, capsys, _restore_globals):
+def test_the_cli_composes_plateau_and_early_stopping(tiny_cifar10_dir, tmp_path, capsys, _leave_globals_alone):
     out = tmp_path / "run"
     argv = [*TINY, "--data-dir", tiny_cifar10_dir, "--out", out, "--epochs", 3, "--monitor", "loss",
             "--reduce-lr-on-plateau", 1, "--plateau-factor", 0.5, "--early-stopping", 2, "--schedule", "constant"]
@@ -233,7 +216,7 @@ def test_the_cli_composes_plateau_and_early_stopping(tiny_cifar10_dir, tmp_path,
     ("--plateau-factor", "1", "--plateau-factor must lie in (0, 1), got 1"),
     ("--min-lr", "nan", "--min-lr must be a finite number"),
 ])
-def test_bad_plateau_flags_are_one_line(tmp_path, capsys, flag, value, reason, _restore_globals):
+def test_bad_plateau_flags_are_one_line(tmp_path, capsys, flag, value, reason, _leave_globals_alone):
     assert run_main("--data-dir", tmp_path / "none", flag, value, "--out", tmp_path / "out") == 2
     assert reason in capsys.readouterr().err
 
@@ -264,7 +247,7 @@ def test_a_validation_split_is_held_out_of_the_training_images(tiny_cifar10_dir)
         make_cifar10_loaders(tiny_cifar10_dir, 16, limit_train=64, val_split=64)
 
 
-def test_the_cli_watches_the_validation_split(tiny_cifar10_dir, tmp_path, capsys, _restore_globals):
+def test_the_cli_watches_the_validation_split(tiny_cifar10_dir, tmp_path, capsys, _leave_globals_alone):
     argv = [*TINY, "--data-dir", tiny_cifar10_dir, "--val-split", 16, "--schedule", "constant", "--lr", 0.05,
             "--early-stopping", 5, "--monitor", "loss"]
     assert run_main(*argv, "--epochs", 2, "--out", tmp_path / "straight") == 0

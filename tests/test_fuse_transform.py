@@ -10,27 +10,9 @@ import pytest
 
 import minires
 import minires.functional as F
-from minires import Tensor, models, nn
+from minires import Tensor, nn
 from minires.training import evaluate
-
-
-def randomise_bn(model, seed):
-    """Give every batch norm non-trivial gamma, beta and running statistics."""
-    rng = np.random.default_rng(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            c = m.num_features
-            m.weight.data[...] = rng.uniform(0.5, 1.5, c)
-            m.bias.data[...] = rng.uniform(-0.5, 0.5, c)
-            m.running_mean[...] = rng.uniform(-0.3, 0.3, c)
-            m.running_var[...] = rng.uniform(0.5, 2.0, c)
-    return model
-
-
-def build(name="cifar_resnet", seed=1, **kwargs):
-    minires.manual_seed(0)
-    kwargs = kwargs or {"depth": 8}
-    return randomise_bn(models.create(name, **kwargs).astype(np.float64), seed).eval()
+from fusion_models import build
 
 
 def output(model, x):
@@ -112,12 +94,11 @@ def test_a_changed_eps_or_running_statistics_never_reach_the_copy():
     np.testing.assert_allclose(output(nn.fuse_conv_bn(model), X), output(plain, X), rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("name, kwargs, left", [("cifar_resnet", {"depth": 8}, 0),
-                                                ("preact_resnet", {"depth": 11}, 3)])
-def test_fusing_then_converting_to_sync_batchnorm_applies_each_batch_norm_once(name, kwargs, left):
+@pytest.mark.parametrize("name, left", [("cifar option A", 0), ("preact", 3)])
+def test_fusing_then_converting_to_sync_batchnorm_applies_each_batch_norm_once(name, left):
     """Before: model.fuse() then convert_sync_batchnorm applied each folded batch norm twice in eval
     (once in the conv's folded weights, once as the SyncBatchNorm that replaced the folded one)."""
-    model = build(name, **kwargs)
+    model = build(name)
     expected = output(model, X)
     converted = nn.SyncBatchNorm.convert_sync_batchnorm(nn.fuse_conv_bn(model), OneRank())
     # only the batch norms that follow no convolution (the pre-activations, preact's last) are left
@@ -127,10 +108,10 @@ def test_fusing_then_converting_to_sync_batchnorm_applies_each_batch_norm_once(n
 
 
 def test_converting_to_sync_batchnorm_then_fusing_folds_them_too():
-    model = build("preact_resnet", depth=11)
+    model = build("preact")
     expected = output(model, X)
     comm = OneRank()
-    converted = nn.SyncBatchNorm.convert_sync_batchnorm(build("preact_resnet", depth=11), comm)
+    converted = nn.SyncBatchNorm.convert_sync_batchnorm(build("preact"), comm)
     converted.load_state_dict(model.state_dict())
     fused = nn.fuse_conv_bn(converted)  # the uncopyable communicator is shared, not copied
     syncs = [m for m in fused.modules() if isinstance(m, nn.SyncBatchNorm)]

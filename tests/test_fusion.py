@@ -6,22 +6,8 @@ import pytest
 import minires
 import minires.functional as F
 from minires import Tensor, models, nn, profiler
-from minires.models.resnet import Bottleneck, projection
-from minires.models.wide import WideBasicBlock
 from minires.nn.fusion import conv_bn_pairs, fold_conv_bn
-
-
-def randomise_bn(model, seed):
-    """Give every batch norm non-trivial gamma, beta and running statistics."""
-    rng = np.random.default_rng(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            c = m.num_features
-            m.weight.data[...] = rng.uniform(0.5, 1.5, c)
-            m.bias.data[...] = rng.uniform(-0.5, 0.5, c)
-            m.running_mean[...] = rng.uniform(-0.3, 0.3, c)
-            m.running_var[...] = rng.uniform(0.5, 2.0, c)
-    return model
+from fusion_models import BUILDERS, BlockNet, build, randomise_bn
 
 
 def eval_output(model, x):
@@ -37,38 +23,13 @@ def op_calls(model, x):
     return {op: calls for op, phase, calls, _, _ in prof.rows()}
 
 
-class BlockNet(nn.Module):
-    """One block on 8 input channels."""
-
-    def __init__(self, block):
-        super().__init__()
-        self.block = block
-
-    def forward(self, x):
-        return self.block(x)
-
-
-BUILDERS = {
-    "cifar option A": lambda: models.create("cifar_resnet", depth=8),
-    "cifar option B": lambda: models.create("cifar_resnet", depth=8, shortcut="B"),
-    "preact": lambda: models.create("preact_resnet", depth=11),
-    # three pairs + one in the projection's Sequential
-    "bottleneck": lambda: BlockNet(Bottleneck(8, 4, stride=2, downsample=projection(8, 16, 2))),
-    # ResNeXt's bottleneck: the 3x3 conv has 4 groups of 4 channels
-    "resnext bottleneck": lambda: BlockNet(Bottleneck(8, 4, stride=2, downsample=projection(8, 16, 2),
-                                                      groups=4, base_width=16)),
-    # pre-activation: only conv1 -> bn2 is a pair (bn1 comes before a conv)
-    "wide block": lambda: BlockNet(WideBasicBlock(8, 16, stride=2)),
-    "resnet18 imagenet stem": lambda: models.create("resnet18", stem="imagenet", num_classes=10),
-}
 PAIRS = {"cifar option A": 7, "cifar option B": 9, "preact": 7, "bottleneck": 4, "resnext bottleneck": 4,
          "wide block": 1, "resnet18 imagenet stem": 20}
 
 
 @pytest.mark.parametrize("name", list(BUILDERS))
 def test_folded_outputs_match_unfolded_float64(name):
-    minires.manual_seed(0)
-    model = randomise_bn(BUILDERS[name]().astype(np.float64), 1)
+    model = build(name)
     assert len(list(conv_bn_pairs(model))) == PAIRS[name]
     side = 40 if "imagenet" in name else 12
     x = np.random.default_rng(2).standard_normal((3, 8 if isinstance(model, BlockNet) else 3, side, side))

@@ -152,52 +152,15 @@ def test_dropout_between_the_convs_only_in_training():
 # -- against PyTorch and onnxruntime ----------------------------------------------------------------------
 
 def torch_nets():
-    """PyTorch definitions written here: torchvision's bottleneck ResNet with groups and width
-    (torchvision is not installed) and Zagoruyko's WRN."""
+    """PyTorch definitions: torchvision's bottleneck ResNet with groups and width from
+    benchmarks/torch_models.py (torchvision is not installed), and Zagoruyko's WRN."""
     torch = pytest.importorskip("torch")
+    from benchmarks import torch_models
     tnn = torch.nn
 
-    class Bottleneck(tnn.Module):
-        def __init__(self, cin, c, stride, groups, base_width):
-            super().__init__()
-            w = int(c * base_width / 64) * groups
-            self.conv1 = tnn.Conv2d(cin, w, 1, bias=False)
-            self.bn1 = tnn.BatchNorm2d(w)
-            self.conv2 = tnn.Conv2d(w, w, 3, stride, 1, groups=groups, bias=False)
-            self.bn2 = tnn.BatchNorm2d(w)
-            self.conv3 = tnn.Conv2d(w, 4 * c, 1, bias=False)
-            self.bn3 = tnn.BatchNorm2d(4 * c)
-            self.downsample = None
-            if stride != 1 or cin != 4 * c:
-                self.downsample = tnn.Sequential(tnn.Conv2d(cin, 4 * c, 1, stride, bias=False), tnn.BatchNorm2d(4 * c))
-
-        def forward(self, x):
-            r = tnn.functional.relu
-            out = self.bn3(self.conv3(r(self.bn2(self.conv2(r(self.bn1(self.conv1(x))))))))
-            return r(out + (x if self.downsample is None else self.downsample(x)))
-
-    class ResNeXt(tnn.Module):
-        def __init__(self, layers, groups, base_width, num_classes, stem):
-            super().__init__()
-            if stem == "imagenet":
-                self.conv1 = tnn.Conv2d(3, 64, 7, 2, 3, bias=False)
-            else:
-                self.conv1 = tnn.Conv2d(3, 64, 3, 1, 1, bias=False)
-            self.bn1 = tnn.BatchNorm2d(64)
-            self.pool = tnn.MaxPool2d(3, 2, 1) if stem == "imagenet" else tnn.Identity()
-            cin = 64
-            for i, (n, c) in enumerate(zip(layers, [64, 128, 256, 512])):
-                blocks = []
-                for k in range(n):
-                    blocks.append(Bottleneck(cin, c, 2 if k == 0 and i > 0 else 1, groups, base_width))
-                    cin = 4 * c
-                setattr(self, f"layer{i + 1}", tnn.Sequential(*blocks))
-            self.fc = tnn.Linear(cin, num_classes)
-
-        def forward(self, x):
-            x = self.pool(tnn.functional.relu(self.bn1(self.conv1(x))))
-            x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-            return self.fc(x.mean(dim=(2, 3)))
+    def ResNeXt(layers, groups, base_width, num_classes, stem):
+        return torch_models.ResNet(torch_models.Bottleneck, layers, stem, num_classes, groups=groups,
+                                   width_per_group=base_width)
 
     class WideBlock(tnn.Module):
         def __init__(self, cin, cout, stride):

@@ -19,28 +19,15 @@ from minires.data import channel_stats, load_cifar10, pixel_mean
 from minires.nn import init
 from minires import rng as minires_rng
 from minires.weights import package as packaging
+from conftest import run_main
+
+pytestmark = pytest.mark.usefixtures("_leave_globals_alone")  # conftest.py
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 # ResNet-20 on 64 tiny images for one epoch: a real run of the CLI in a few seconds.
 TINY = ["--model", "resnet20", "--limit-train", "64", "--limit-test", "64", "--batch-size", "32", "--no-progress",
         "--recipe", "fast", "--epochs", "1"]
-
-
-def run_main(*argv):
-    try:
-        return train.main([str(a) for a in argv])
-    except SystemExit as e:
-        return e.code
-
-
-@pytest.fixture(autouse=True)
-def _leave_globals_alone(monkeypatch, tmp_path):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(minires_rng, "_rng", minires_rng.get_rng())
-    previous = mb.get_backend()
-    yield
-    mb.set_backend(previous)
 
 
 @pytest.fixture(scope="module")

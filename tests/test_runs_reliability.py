@@ -23,38 +23,21 @@ import pytest
 
 import minires
 import minires.functional as F
-import minires.train as train
 import minires.training.loop as loop
-from minires import backend as mb
 from minires import models, nn, tracing
 from minires.nn import init
-from minires import rng as minires_rng
 from minires.optim import SGD, ConstantLR
 from minires.training import RunFolder, RunFolderError, TrainState, evaluate
 from minires.training.folder import RUN_FILES
 from minires.utils.io import LOCK_NAME, FolderBusyError, atomic_write, lock_folder, remove_stale_temporaries
+from conftest import run_main
+
+pytestmark = pytest.mark.usefixtures("_leave_globals_alone")  # conftest.py
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--depth", "8", "--limit-train", "32", "--limit-test", "32", "--batch-size", "32", "--no-progress",
         "--epochs", "1"]
 STALE = ".last.npz.0123456789ab.tmp"  # named as atomic_write names its temporary files
-
-
-@pytest.fixture(autouse=True)
-def _leave_globals_alone(monkeypatch, tmp_path):
-    """run() seeds the weight initialiser and may set the backend; runs/ goes to a temporary folder."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(minires_rng, "_rng", minires_rng.get_rng())
-    previous = mb.get_backend()
-    yield
-    mb.set_backend(previous)
-
-
-def run_main(*argv):
-    try:
-        return train.main([str(a) for a in argv])
-    except SystemExit as e:
-        return 0 if e.code is None else e.code
 
 
 def error_line(capfd, prog="python -m minires.train"):

@@ -36,6 +36,9 @@ from minires.nn import init
 from minires import rng as minires_rng
 from minires.optim import SGD, ConstantLR, CosineLR, MultiStepLR
 from minires.serialization import load, save
+from conftest import run_main
+
+pytestmark = pytest.mark.usefixtures("_leave_globals_alone")  # conftest.py
 
 REPO = Path(__file__).resolve().parents[1]
 PROG = "python -m minires.train"
@@ -60,26 +63,6 @@ def _one_blas_thread():
         return
     with threadpool_limits(limits=1):
         yield
-
-
-@pytest.fixture(autouse=True)
-def _leave_globals_alone(monkeypatch, tmp_path):
-    """run() seeds the weight initialiser and may set the backend: restore both afterwards, so
-    the rest of the suite sees what it would have seen without these tests. A run without --out
-    writes to runs/ under the working directory: make that a temporary one."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(minires_rng, "_rng", minires_rng.get_rng())
-    previous = mb.get_backend()
-    yield
-    mb.set_backend(previous)
-
-
-def run_main(*argv):
-    """``train.main(argv)``'s exit code, also when it leaves through SystemExit (argparse, Ctrl-C)."""
-    try:
-        return train.main([str(a) for a in argv])
-    except SystemExit as e:
-        return 0 if e.code is None else e.code
 
 
 def tiny(data_dir, *extra):

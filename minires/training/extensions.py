@@ -272,10 +272,16 @@ class ReduceLROnPlateau(_Plateau):
     a checkpoint into it, so that it sees the unscaled ones), so the schedule goes on working on
     top of it: a multistep drop still divides by 10, a cosine still decays. ``scale`` (the
     product of the reductions so far) is its state, with the best value and the epochs waited;
-    ``min_lr`` bounds the scaled base lr."""
+    ``min_lr`` bounds the scaled base lr.
+
+    ``reset_each_epoch``: the schedule sets the lr afresh at the start of every epoch, as Keras's
+    LearningRateScheduler does when it follows this callback (the Keras CIFAR-10 ResNet example):
+    a reduction made at an epoch's end is overwritten before the next epoch's first iteration, so
+    no iteration trains with it. The extension then tracks ``monitor`` and logs each reduction
+    Keras would make, and ``scale`` stays 1."""
 
     def __init__(self, schedule, monitor="test_acc", factor=0.1, patience=10, min_lr=0.0, mode="auto",
-                 min_delta=0.0, log=None):
+                 min_delta=0.0, log=None, reset_each_epoch=False):
         super().__init__(monitor, patience, mode, min_delta, log)
         if not 0 < factor < 1:
             raise ValueError(f"factor must lie in (0, 1), found {factor}")
@@ -284,6 +290,7 @@ class ReduceLROnPlateau(_Plateau):
         self.schedule, self.factor, self.min_lr = schedule, factor, min_lr
         self.base_lrs = list(schedule.base_lrs)
         self.scale = 1.0
+        self.reset_each_epoch = reset_each_epoch
 
     def _apply(self):
         """Write the scaled base lrs into the schedule (which sets the optimizer's lr for the
@@ -295,6 +302,13 @@ class ReduceLROnPlateau(_Plateau):
         if not self._update(row):
             return
         self.wait = 0
+        if self.reset_each_epoch:
+            lr = self.schedule.lr_at(max(self.schedule.step_count - 1, 0))  # the lr the epoch trained with
+            if lr > self.min_lr:  # Keras's condition for a reduction
+                self.log(f"reduce lr on plateau: {self.monitor} has not improved on {self.best:.4f} for "
+                         f"{self.patience} epochs; lr {lr:.4g} -> {max(lr * self.factor, self.min_lr):.4g} "
+                         f"until the schedule sets it again at the next epoch's start, as in Keras")
+            return
         scale = max(self.scale * self.factor, self.min_lr / self.base_lrs[0])
         if scale < self.scale * (1 - 1e-12):  # not yet at min_lr
             self.scale = scale

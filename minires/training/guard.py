@@ -6,8 +6,11 @@ hold (it is called before every save, see ``snapshot``, and on every loaded chec
 """
 import math
 
-from ..backend import get_array_module
+from ..utils.finite import non_finite
 from .errors import NonFiniteError
+
+# non_finite lives in utils, so that exporting (minires.onnx) does not import training.
+__all__ = ["check_loss", "non_finite"]
 
 
 def check_loss(value, where, anywhere=None):
@@ -20,16 +23,3 @@ def check_loss(value, where, anywhere=None):
     if anywhere:
         what = value if not finite else "nan or inf on another process"
         raise NonFiniteError(f"the loss became {what} {where}")
-
-
-def non_finite(arrays):
-    """The names of the floating-point arrays in ``arrays`` (a dict name -> array, NumPy or CuPy)
-    that hold a nan or an inf."""
-    bad = []
-    for name, x in arrays.items():
-        if getattr(x, "dtype", None) is not None and x.dtype.kind in "fc":
-            xp = get_array_module(x)
-            if not bool(xp.isfinite(x).all()):
-                bad.append(name)
-    return bad
-

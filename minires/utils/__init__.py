@@ -1,1 +1,2 @@
-"""Helpers shared across minires: convolution geometry (``conv``) and file I/O (``io``)."""
+"""Helpers shared across minires: convolution geometry (``conv``), file I/O (``io``) and the
+check for nan and inf (``finite``)."""
