@@ -99,8 +99,8 @@ class Optimizer:
         for group in self.param_groups:
             for p in group["params"]:
                 by_kind.setdefault((backend.backend_of(p.data), numpy.dtype(p.data.dtype)), []).append(p)
-        self._flats = [FlatBuffer(params, self) for params in by_kind.values()]
-        self._where = {id(p): (flat, k) for flat in self._flats for k, p in enumerate(flat.params)}
+        self.flat_buffers = [FlatBuffer(params, self) for params in by_kind.values()]
+        self._where = {id(p): (flat, k) for flat in self.flat_buffers for k, p in enumerate(flat.params)}
         self._parts = []
         for group in self.param_groups:
             parts = {}  # id(flat) -> [flat, first, last]
@@ -152,7 +152,7 @@ class Optimizer:
         ``set_to_none=False`` zero the existing ones (one fill per flat buffer; a parameter
         without a gradient keeps none)."""
         if not set_to_none:
-            for flat in self._flats:
+            for flat in self.flat_buffers:
                 flat.grad.fill(0)
         for p in self._params():
             if set_to_none:
