@@ -387,18 +387,25 @@ def sgd_update(p, g, buf, fresh, lr, momentum, dampening, weight_decay, nesterov
             _sgd_momentum_kernel(g, T(lr), T(momentum), T(1 - dampening), T(weight_decay), numpy.int32(nesterov),
                                  numpy.int32(fresh), p, buf)
         return
-    d = g
-    if weight_decay != 0:
-        d = numpy.multiply(p, weight_decay)  # a new array: the gradients stay as they are
-        d += g
-    if buf is not None:
-        if fresh:
-            buf[...] = d
-        else:
-            buf *= momentum
-            buf += d if dampening == 0 else (1 - dampening) * d
-        d = d + momentum * buf if nesterov else buf
-    p -= lr * d
+    t1, t2 = _scratch(p)
+    for part in _blocks(p.size):
+        pb, gb, t1b, t2b = p[part], g[part], t1[:len(p[part])], t2[:len(p[part])]
+        d = gb
+        if weight_decay != 0:
+            d = numpy.multiply(pb, weight_decay, out=t1b)  # the gradients stay as they are
+            d += gb
+        if buf is not None:
+            bb = buf[part]
+            if fresh:
+                bb[...] = d
+            else:
+                bb *= momentum
+                bb += d if dampening == 0 else numpy.multiply(d, 1 - dampening, out=t2b)
+            if nesterov:
+                d = numpy.add(d, numpy.multiply(bb, momentum, out=t2b), out=t2b)
+            else:
+                d = bb
+        pb -= numpy.multiply(d, lr, out=t1b)
 
 
 _ADAM_MOMENTS = """
@@ -441,24 +448,46 @@ def adam_update(p, g, m, v, v_max, t, lr, betas, eps, weight_decay, decoupled):
         else:
             _adam_amsgrad_kernel(*args, v_max)
         return
-    d = g
-    if weight_decay != 0:
-        if decoupled:
-            p *= 1 - lr * weight_decay
-        else:
-            d = numpy.multiply(p, weight_decay)  # a new array: the gradients stay as they are
-            d += g
-    m *= beta1
-    m += (1 - beta1) * d
-    v *= beta2
-    v += (1 - beta2) * (d * d)
-    if v_max is not None:
-        # The maximum of v itself, bias-corrected below as v is (torch's order).
-        numpy.maximum(v_max, v, out=v_max)
-        v = v_max
-    denom = numpy.sqrt(v) / bias_sqrt
-    denom += eps
-    p -= step_size * m / denom
+    t1, t2 = _scratch(p)
+    for part in _blocks(p.size):
+        pb, gb, mb, vb, t1b, t2b = p[part], g[part], m[part], v[part], t1[:len(p[part])], t2[:len(p[part])]
+        d = gb
+        if weight_decay != 0:
+            if decoupled:
+                pb *= 1 - lr * weight_decay
+            else:
+                d = numpy.multiply(pb, weight_decay, out=t1b)  # the gradients stay as they are
+                d += gb
+        mb *= beta1
+        mb += numpy.multiply(d, 1 - beta1, out=t2b)
+        vb *= beta2
+        numpy.multiply(d, d, out=t2b)
+        t2b *= 1 - beta2
+        vb += t2b
+        if v_max is not None:
+            # The maximum of v itself, bias-corrected below as v is (torch's order).
+            vb = numpy.maximum(v_max[part], vb, out=v_max[part])
+        denom = numpy.sqrt(vb, out=t2b)
+        denom /= bias_sqrt
+        denom += eps
+        step = numpy.multiply(mb, step_size, out=t1b)
+        step /= denom
+        pb -= step
+
+
+_BLOCK = 1 << 14  # elements per pass of the NumPy twins: a block's arrays stay in the L2 cache
+
+
+def _blocks(n):
+    """Slices of [0, n) of at most _BLOCK elements: the NumPy twins update a flat buffer block by
+    block (every operation is elementwise, so the result is the same as in one pass)."""
+    return [slice(lo, min(lo + _BLOCK, n)) for lo in range(0, n, _BLOCK)]
+
+
+def _scratch(p):
+    """Two temporaries of one block, in p's dtype."""
+    n = min(p.size, _BLOCK)
+    return numpy.empty(n, dtype=p.dtype), numpy.empty(n, dtype=p.dtype)
 
 
 class LRSchedule:

@@ -292,7 +292,7 @@ def old_adam_step(params, state, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=
 SGD_CONFIGS = [dict(), dict(momentum=0.9), dict(momentum=0.9, weight_decay=5e-4, nesterov=True),
                dict(momentum=0.8, dampening=0.3, weight_decay=1e-2)]
 ADAM_CONFIGS = [(kind, amsgrad, decay) for kind in (Adam, AdamW) for amsgrad in (False, True) for decay in (0.0, 0.05)]
-SHAPES = [(4, 3, 3, 3), (4,), (4,), (5, 4), (5,), (7,)]
+SHAPES = [(4, 3, 3, 3), (4,), (4,), (5, 4), (3, 7001), (7,)]  # 21,003: the NumPy twins' blocks cross parameters
 
 
 def gradients(steps=12):
