@@ -66,7 +66,8 @@ class Optimizer:
     one fused call, ``update(group, flat, first, last)``; ``run_key(p)`` says what the parameters
     of a run must share. What it keeps of a parameter p is ``self.state[id(p)]`` (parameters
     need not be hashable): a dict of arrays of p's shape, views into the buffer's flat state,
-    and for Adam the int "step".
+    and for Adam the int "step". ``flat_buffers``: the optimizer's ``FlatBuffer``s, one per
+    (backend, dtype) of its parameters.
     """
 
     def __init__(self, params, defaults):
