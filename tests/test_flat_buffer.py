@@ -14,7 +14,6 @@ from minires.autograd import Tensor
 from minires.nn import init
 from minires.optim import SGD, Adam, AdamW
 from minires.serialization import load, save
-from minires.training.state import TrainState  # noqa: F401  (the resume path below is TrainState's)
 
 
 @pytest.fixture
