@@ -122,6 +122,11 @@ class Tensor(backend.HoldsArray):
         return Tensor(self.data.astype(dtype), requires_grad=self.requires_grad)
 
     # -- backpropagation ----------------------------------------------------------------
+    def accumulate_grad(self, g):
+        """Add ``g`` to ``grad`` (a Parameter in a flat buffer does it in place, in its view)."""
+        # A copy on first store: backward may hand out read-only broadcast views, or one array to two inputs.
+        self.grad = g.copy() if self.grad is None else self.grad + g
+
     def backward(self, grad=None):
         """Accumulate d(self)/d(leaf) * grad into ``leaf.grad`` for every leaf that requires it.
 
@@ -253,8 +258,7 @@ class Tensor(backend.HoldsArray):
 def _accumulate(x, g):
     if g.shape != x.shape:
         raise RuntimeError(f"gradient of shape {g.shape} for a tensor of shape {x.shape}")
-    # A copy on first store: backward may hand out read-only broadcast views, or one array to two inputs.
-    x.grad = g.copy() if x.grad is None else x.grad + g
+    x.accumulate_grad(g)
 
 
 def post_order(root):

@@ -22,6 +22,12 @@ A parameter is any object with ``.data`` (a NumPy or CuPy array, updated in plac
 ``.grad`` (an array on the same backend, or None to skip it: a parameter without a gradient is
 neither decayed nor moved, and its step count does not advance).
 
+The optimizer keeps its parameters in flat buffers, one per (backend, dtype), group after group
+(``minires.nn.flat.FlatBuffer``): a ``Parameter``'s data and grad become views into them, and each
+update above is ONE fused operation over a group's slice (a CuPy ``ElementwiseKernel`` beside its
+NumPy twin, ``sgd_update`` and ``adam_update``). Where some parameters have no gradient, or Adam's
+step counts differ, the slice is cut into runs of parameters that share them.
+
 Schedules are stepped once per iteration (not per epoch): ``MultiStepLR([32000, 48000])`` is the
 paper's "divide by 10 at 32k and 48k iterations". They work with every optimizer here.
 """
@@ -30,7 +36,9 @@ import math
 
 import numpy
 
+from . import backend
 from .backend import get_array_module, to_numpy
+from .nn.flat import FlatBuffer
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "LRSchedule", "ConstantLR", "MultiStepLR", "CosineLR", "PiecewiseLR"]
 
@@ -54,9 +62,12 @@ class Optimizer:
     filled in with every hyperparameter; a schedule changes "lr" there.
 
     A subclass checks one group in ``check_group(group, where)``, names the entries it keeps per
-    parameter in ``state_names(group)`` and updates the parameters in ``step()``. What it keeps
-    of a parameter p is ``self.state[id(p)]`` (parameters need not be hashable): a dict of
-    arrays of p's shape, dtype and backend, and for Adam the int "step".
+    parameter in ``state_names(group)``, and updates a run of parameters of one flat buffer in
+    one fused call, ``update(group, flat, first, last)``; ``run_key(p)`` says what the parameters
+    of a run must share. What it keeps of a parameter p is ``self.state[id(p)]`` (parameters
+    need not be hashable): a dict of arrays of p's shape, views into the buffer's flat state,
+    and for Adam the int "step". ``flat_buffers``: the optimizer's ``FlatBuffer``s, one per
+    (backend, dtype) of its parameters.
     """
 
     def __init__(self, params, defaults):
@@ -83,6 +94,21 @@ class Optimizer:
                 seen.add(id(p))
             self.param_groups.append(group)
         self.state = {}
+        # One buffer per (backend, dtype), laid out group after group: a group's parameters of
+        # one buffer are its params[first:last], (flat, first, last) in self._parts.
+        by_kind = {}
+        for group in self.param_groups:
+            for p in group["params"]:
+                by_kind.setdefault((backend.backend_of(p.data), numpy.dtype(p.data.dtype)), []).append(p)
+        self.flat_buffers = [FlatBuffer(params, self) for params in by_kind.values()]
+        self._where = {id(p): (flat, k) for flat in self.flat_buffers for k, p in enumerate(flat.params)}
+        self._parts = []
+        for group in self.param_groups:
+            parts = {}  # id(flat) -> [flat, first, last]
+            for p in group["params"]:
+                flat, k = self._where[id(p)]
+                parts.setdefault(id(flat), [flat, k, k])[2] = k + 1
+            self._parts.append([tuple(part) for part in parts.values()])
 
     def check_group(self, group, where):
         """Raise a one-line ValueError for a hyperparameter of ``group`` that cannot train."""
@@ -92,18 +118,48 @@ class Optimizer:
         """The entries kept per parameter of ``group`` once it has taken a step."""
         raise NotImplementedError(f"{type(self).__name__} must define state_names(group)")
 
+    def run_key(self, p):
+        """What parameters updated by one fused call must share besides having a gradient."""
+        raise NotImplementedError(f"{type(self).__name__} must define run_key(p)")
+
+    def update(self, group, flat, first, last):
+        """Update ``flat``'s parameters ``first:last`` (all with a gradient, one run_key) in one call."""
+        raise NotImplementedError(f"{type(self).__name__} must define update(group, flat, first, last)")
+
     def step(self):
-        """Update every parameter that has a gradient, in place."""
-        raise NotImplementedError(f"{type(self).__name__} must define step()")
+        """Update every parameter that has a gradient, in place: one fused update per group and
+        buffer, cut into runs only where parameters without a gradient (or another run_key) lie."""
+        for group, parts in zip(self.param_groups, self._parts):
+            for flat, first, last in parts:
+                has = flat.gather(first, last)
+                k = first
+                while k < last:
+                    if not has[k - first]:
+                        k += 1
+                        continue
+                    key, end = self.run_key(flat.params[k]), k + 1
+                    while end < last and has[end - first] and self.run_key(flat.params[end]) == key:
+                        end += 1
+                    self.update(group, flat, k, end)
+                    k = end
+                flat.scatter(first, last, has)
 
     def _params(self):
         """All parameters in group order (their position is their index in state_dict)."""
         return [p for group in self.param_groups for p in group["params"]]
 
-    def zero_grad(self):
-        """Forget all gradients (set them to None)."""
+    def zero_grad(self, set_to_none=True):
+        """Forget all gradients: set them to None (PyTorch's default), or with
+        ``set_to_none=False`` zero the existing ones (one fill per flat buffer; a parameter
+        without a gradient keeps none)."""
+        if not set_to_none:
+            for flat in self.flat_buffers:
+                flat.grad.fill(0)
         for p in self._params():
-            p.grad = None
+            if set_to_none:
+                p.grad = None
+            elif p.grad is not None and getattr(p, "_flat", None) is not self._where[id(p)][0]:
+                p.grad[...] = 0
 
     def state_dict(self):
         """Plain data: ``{"state": {i: {name: ndarray or int}}, "param_groups": [...]}``.
@@ -152,7 +208,7 @@ class Optimizer:
         for i, group in enumerate(merged):
             self.check_group(group, f"parameter group {i}")
         params = [(p, group) for group in merged for p in group["params"]]
-        state = {}
+        state, writes = {}, []
         for key, entry in state_dict["state"].items():
             i = int(key)
             if not 0 <= i < len(params):
@@ -163,7 +219,7 @@ class Optimizer:
             if set(entry) != set(names):
                 raise ValueError(f"state_dict's state {i} holds {', '.join(sorted(entry)) or 'nothing'}; "
                                  f"{name} keeps {', '.join(names)}")
-            xp = get_array_module(p.data)
+            flat, index = self._where[id(p)]
             state[id(p)] = {}
             for k, value in entry.items():
                 if k == "step":
@@ -174,7 +230,11 @@ class Optimizer:
                     continue
                 if tuple(value.shape) != tuple(p.data.shape):
                     raise ValueError(f"{k} {i} has shape {tuple(value.shape)}, its parameter {tuple(p.data.shape)}")
-                state[id(p)][k] = xp.array(value, dtype=p.data.dtype)  # a copy on p's backend
+                writes.append((state[id(p)], k, flat, index, value))
+        # Everything fits: copy the arrays into the flat state (on its backend and dtype).
+        for entry, k, flat, index, value in writes:
+            entry[k] = flat.view(flat.state_array(k), index)
+            entry[k][...] = backend.to_backend(value, backend.backend_of(flat.data))
         self.param_groups[:] = merged
         self.state = state
 
@@ -209,31 +269,20 @@ class SGD(Optimizer):
     def state_names(self, group):
         return ("momentum_buffer",)
 
-    def step(self):
-        """Update every parameter that has a gradient, in place."""
-        for group in self.param_groups:
-            lr, momentum, dampening = group["lr"], group["momentum"], group["dampening"]
-            weight_decay, nesterov = group["weight_decay"], group["nesterov"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                xp = get_array_module(p.data)
-                g = p.grad
-                if weight_decay != 0:
-                    # A new array: the caller's .grad is never modified.
-                    g = xp.multiply(p.data, weight_decay)
-                    g += p.grad
-                if momentum != 0:
-                    state = self.state.get(id(p))
-                    if state is None:
-                        buf = g.copy()
-                        self.state[id(p)] = {"momentum_buffer": buf}
-                    else:
-                        buf = state["momentum_buffer"]
-                        buf *= momentum
-                        buf += g if dampening == 0 else (1 - dampening) * g
-                    g = g + momentum * buf if nesterov else buf
-                p.data -= lr * g
+    def run_key(self, p):
+        return id(p) in self.state  # a first step sets the momentum buffer to the gradient
+
+    def update(self, group, flat, first, last):
+        lo, hi = flat.starts[first], flat.stops[last - 1]
+        buf, fresh = None, False
+        if group["momentum"] != 0:
+            buf = flat.state_array("momentum_buffer")
+            fresh = id(flat.params[first]) not in self.state
+            for k in range(first, last):
+                self.state.setdefault(id(flat.params[k]), {"momentum_buffer": flat.view(buf, k)})
+            buf = buf[lo:hi]
+        sgd_update(flat.data[lo:hi], flat.grad[lo:hi], buf, fresh, group["lr"], group["momentum"],
+                   group["dampening"], group["weight_decay"], group["nesterov"])
 
 
 class Adam(Optimizer):
@@ -276,45 +325,23 @@ class Adam(Optimizer):
     def state_names(self, group):
         return ("step", "exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if group["amsgrad"] else ())
 
-    def step(self):
-        """Update every parameter that has a gradient, in place."""
-        for group in self.param_groups:
-            lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
-            weight_decay, amsgrad = group["weight_decay"], group["amsgrad"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                xp = get_array_module(p.data)
-                state = self.state.get(id(p))
-                if state is None:
-                    state = self.state[id(p)] = {
-                        "step": 0,
-                        "exp_avg": xp.zeros(p.data.shape, dtype=p.data.dtype),
-                        "exp_avg_sq": xp.zeros(p.data.shape, dtype=p.data.dtype)}
-                if amsgrad and "max_exp_avg_sq" not in state:
-                    state["max_exp_avg_sq"] = xp.zeros(p.data.shape, dtype=p.data.dtype)
-                state["step"] += 1
-                t = state["step"]
-                g = p.grad
-                if weight_decay != 0:
-                    if group["decoupled_weight_decay"]:
-                        p.data *= 1 - lr * weight_decay
-                    else:
-                        g = xp.multiply(p.data, weight_decay)  # a new array: .grad stays as it is
-                        g += p.grad
-                m, v = state["exp_avg"], state["exp_avg_sq"]
-                m *= beta1
-                m += (1 - beta1) * g
-                v *= beta2
-                v += (1 - beta2) * (g * g)
-                if amsgrad:
-                    # The maximum of v itself, bias-corrected below as v is (torch's order).
-                    v_max = state["max_exp_avg_sq"]
-                    xp.maximum(v_max, v, out=v_max)
-                    v = v_max
-                denom = xp.sqrt(v) / math.sqrt(1 - beta2 ** t)
-                denom += eps
-                p.data -= (lr / (1 - beta1 ** t)) * m / denom
+    def run_key(self, p):
+        return self.state[id(p)]["step"] if id(p) in self.state else 0  # the bias correction's t
+
+    def update(self, group, flat, first, last):
+        lo, hi = flat.starts[first], flat.stops[last - 1]
+        names = self.state_names(group)[1:]
+        for k in range(first, last):
+            state = self.state.setdefault(id(flat.params[k]), {"step": 0})
+            for name in names:
+                if name not in state:  # zeros, whatever the buffer held before (a cleared state)
+                    state[name] = flat.view(flat.state_array(name), k)
+                    state[name][...] = 0
+            state["step"] += 1
+        m, v = flat.state["exp_avg"][lo:hi], flat.state["exp_avg_sq"][lo:hi]
+        v_max = flat.state["max_exp_avg_sq"][lo:hi] if group["amsgrad"] else None
+        adam_update(flat.data[lo:hi], flat.grad[lo:hi], m, v, v_max, state["step"], group["lr"], group["betas"],
+                    group["eps"], group["weight_decay"], group["decoupled_weight_decay"])
 
 
 class AdamW(Adam):
@@ -324,6 +351,144 @@ class AdamW(Adam):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False):
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, decoupled_weight_decay=True)
+
+
+# --- the fused updates: a CuPy kernel each, beside its NumPy twin --------------------------------
+# One call updates a slice of a flat buffer. The NumPy twins do exactly what the per-parameter
+# updates did, operation for operation (the same roundings); the kernels do the same per element.
+# Hyperparameters enter in the parameters' dtype, as NumPy casts a Python float.
+
+_sgd_kernel = backend.ElementwiseKernel(
+    "T g, T lr, T weight_decay", "T p",
+    "T d = weight_decay != 0 ? p * weight_decay + g : g; p = p - lr * d",
+    "minires_sgd_step")
+
+_sgd_momentum_kernel = backend.ElementwiseKernel(
+    "T g, T lr, T momentum, T damping, T weight_decay, int32 nesterov, int32 fresh", "T p, T buf",
+    """
+    T d = weight_decay != 0 ? p * weight_decay + g : g;
+    buf = fresh ? d : buf * momentum + damping * d;
+    d = nesterov ? d + momentum * buf : buf;
+    p = p - lr * d;
+    """,
+    "minires_sgd_momentum_step")
+
+
+def sgd_update(p, g, buf, fresh, lr, momentum, dampening, weight_decay, nesterov):
+    """One SGD step of flat arrays, in place: p (parameters), g (gradients, not changed) and buf
+    (the momentum buffers; None with momentum 0; set to the gradient where ``fresh``), all of one
+    shape: d = g + wd * p; buf = d (fresh) or momentum * buf + (1 - dampening) * d;
+    d = d + momentum * buf (Nesterov) or buf; p = p - lr * d."""
+    xp = get_array_module(p)
+    T = p.dtype.type
+    if xp is not numpy:
+        if buf is None:
+            _sgd_kernel(g, T(lr), T(weight_decay), p)
+        else:
+            _sgd_momentum_kernel(g, T(lr), T(momentum), T(1 - dampening), T(weight_decay), numpy.int32(nesterov),
+                                 numpy.int32(fresh), p, buf)
+        return
+    t1, t2 = _scratch(p)
+    for part in _blocks(p.size):
+        pb, gb, t1b, t2b = p[part], g[part], t1[:len(p[part])], t2[:len(p[part])]
+        d = gb
+        if weight_decay != 0:
+            d = numpy.multiply(pb, weight_decay, out=t1b)  # the gradients stay as they are
+            d += gb
+        if buf is not None:
+            bb = buf[part]
+            if fresh:
+                bb[...] = d
+            else:
+                bb *= momentum
+                bb += d if dampening == 0 else numpy.multiply(d, 1 - dampening, out=t2b)
+            if nesterov:
+                d = numpy.add(d, numpy.multiply(bb, momentum, out=t2b), out=t2b)
+            else:
+                d = bb
+        pb -= numpy.multiply(d, lr, out=t1b)
+
+
+_ADAM_MOMENTS = """
+    T d = g;
+    if (weight_decay != 0) {
+        if (decoupled) p = p * decay; else d = p * weight_decay + g;
+    }
+    m = m * beta1 + one_minus_beta1 * d;
+    v = v * beta2 + one_minus_beta2 * (d * d);
+"""
+
+_adam_kernel = backend.ElementwiseKernel(
+    "T g, T beta1, T one_minus_beta1, T beta2, T one_minus_beta2, T weight_decay, int32 decoupled, T decay, "
+    "T bias_sqrt, T eps, T step_size", "T p, T m, T v",
+    _ADAM_MOMENTS + "p = p - step_size * m / (sqrt(v) / bias_sqrt + eps);",
+    "minires_adam_step")
+
+_adam_amsgrad_kernel = backend.ElementwiseKernel(
+    "T g, T beta1, T one_minus_beta1, T beta2, T one_minus_beta2, T weight_decay, int32 decoupled, T decay, "
+    "T bias_sqrt, T eps, T step_size", "T p, T m, T v, T v_max",
+    # NumPy's maximum: a NaN in either wins
+    _ADAM_MOMENTS + "if (v != v || v > v_max) v_max = v;\n"
+    "p = p - step_size * m / (sqrt(v_max) / bias_sqrt + eps);",
+    "minires_adam_amsgrad_step")
+
+
+def adam_update(p, g, m, v, v_max, t, lr, betas, eps, weight_decay, decoupled):
+    """One Adam step (the module's docstring has the maths) of flat arrays at step t, in place:
+    p (parameters), g (gradients, not changed), m, v and v_max (amsgrad only, else None) the
+    moments, all of one shape."""
+    xp = get_array_module(p)
+    T = p.dtype.type
+    beta1, beta2 = betas
+    step_size, bias_sqrt = lr / (1 - beta1 ** t), math.sqrt(1 - beta2 ** t)
+    if xp is not numpy:
+        args = (g, T(beta1), T(1 - beta1), T(beta2), T(1 - beta2), T(weight_decay), numpy.int32(decoupled),
+                T(1 - lr * weight_decay), T(bias_sqrt), T(eps), T(step_size), p, m, v)
+        if v_max is None:
+            _adam_kernel(*args)
+        else:
+            _adam_amsgrad_kernel(*args, v_max)
+        return
+    t1, t2 = _scratch(p)
+    for part in _blocks(p.size):
+        pb, gb, mb, vb, t1b, t2b = p[part], g[part], m[part], v[part], t1[:len(p[part])], t2[:len(p[part])]
+        d = gb
+        if weight_decay != 0:
+            if decoupled:
+                pb *= 1 - lr * weight_decay
+            else:
+                d = numpy.multiply(pb, weight_decay, out=t1b)  # the gradients stay as they are
+                d += gb
+        mb *= beta1
+        mb += numpy.multiply(d, 1 - beta1, out=t2b)
+        vb *= beta2
+        numpy.multiply(d, d, out=t2b)
+        t2b *= 1 - beta2
+        vb += t2b
+        if v_max is not None:
+            # The maximum of v itself, bias-corrected below as v is (torch's order).
+            vb = numpy.maximum(v_max[part], vb, out=v_max[part])
+        denom = numpy.sqrt(vb, out=t2b)
+        denom /= bias_sqrt
+        denom += eps
+        step = numpy.multiply(mb, step_size, out=t1b)
+        step /= denom
+        pb -= step
+
+
+_BLOCK = 1 << 14  # elements per pass of the NumPy twins: a block's arrays stay in the L2 cache
+
+
+def _blocks(n):
+    """Slices of [0, n) of at most _BLOCK elements: the NumPy twins update a flat buffer block by
+    block (every operation is elementwise, so the result is the same as in one pass)."""
+    return [slice(lo, min(lo + _BLOCK, n)) for lo in range(0, n, _BLOCK)]
+
+
+def _scratch(p):
+    """Two temporaries of one block, in p's dtype."""
+    n = min(p.size, _BLOCK)
+    return numpy.empty(n, dtype=p.dtype), numpy.empty(n, dtype=p.dtype)
 
 
 class LRSchedule:

@@ -51,7 +51,7 @@ def train_steps(comm, batch_size, dtype, sync_bn):
         loss.backward()
         reduce_gradients((hi - lo) / batch_size)
         if step == 0:
-            out.update({f"grad.{k}": p.grad for k, p in model.named_parameters()})
+            out.update({f"grad.{k}": p.grad.copy() for k, p in model.named_parameters()})  # a view, reused next step
         optimizer.step()
     out.update({f"state.{k}": v for k, v in model.state_dict().items()})
     out["buckets"] = numpy.array(len(reduce_gradients.buckets))

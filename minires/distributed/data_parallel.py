@@ -10,9 +10,11 @@ One step on N ranks does what one process does with the whole batch:
 3. ``GradientAllreducer``: the gradient of the mean loss over the whole batch of n samples is
    sum_r (n_r / n) grad_r, so each rank scales its gradients by its share w_r = n_r / n and the
    sum over ranks is all-reduced. With equal shards w_r = 1 / N: the sum divided by the world
-   size. The gradients travel packed into a few flat buffers of at most ``bucket_mb`` MiB
-   ("buckets", as in Horovod and ChainerMN), not one message per parameter: a message costs a
-   latency whatever its size, and ResNet-20 has 65 parameter arrays.
+   size. Where an optimizer holds the parameters in its flat buffer (``minires.nn.flat``), the
+   gradients are already one flat array: ONE message, reduced in place. Otherwise they travel
+   packed into a few flat buffers of at most ``bucket_mb`` MiB ("buckets", as in Horovod and
+   ChainerMN), not one message per parameter: a message costs a latency whatever its size,
+   and ResNet-20 has 65 parameter arrays.
 4. Every rank takes the same optimizer step on the same gradients, so the parameters stay
    identical without being sent again.
 """
@@ -84,8 +86,40 @@ class GradientAllreducer:
             self.buckets.append(current)
         self.buffers = [comm.xp.empty(sum(p.size for p in bucket), bucket[0].data.dtype) for bucket in self.buckets]
 
+    def flat_buffers(self):
+        """The optimizer's flat buffers holding exactly these parameters (each bound there, none
+        besides, on the communicator's backend), or None: then the buckets are used."""
+        flats = {}
+        for p in self.params:
+            flat = getattr(p, "_flat", None)
+            if flat is None or backend.get_array_module(flat.grad) is not self.comm.xp:
+                return None
+            flats[id(flat)] = flat
+        mine = {id(p) for p in self.params}
+        if any(id(q) not in mine for flat in flats.values() for q in flat.bound_params()):
+            return None
+        return list(flats.values())
+
+    def _reduce_flat(self, flat, weight):
+        """One message: the whole flat gradient, scaled by ``weight`` and summed in place."""
+        if weight == 0:  # a rank without images adds nothing, not 0 * nan
+            flat.grad.fill(0)
+        else:
+            for k, p in enumerate(flat.params):
+                if p.grad is None:  # its view holds a stale gradient: it adds zeros
+                    flat.grad[flat.starts[k]:flat.stops[k]] = 0
+            flat.grad *= flat.grad.dtype.type(weight)
+        self.comm.allreduce(flat.grad)
+        for p in flat.params:
+            p._has_grad = True
+
     def __call__(self, weight):
         """All-reduce the gradients; ``weight``: this rank's share n_r / n of the batch."""
+        flats = self.flat_buffers()
+        if flats is not None:
+            for flat in flats:
+                self._reduce_flat(flat, weight)
+            return
         xp = self.comm.xp
         for bucket, buf in zip(self.buckets, self.buffers):
             offset = 0

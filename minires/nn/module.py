@@ -10,10 +10,68 @@ from ..utils.hooks import RemovableHandle
 
 
 class Parameter(Tensor):
-    """A Tensor that a Module learns: it requires grad and is listed by ``parameters()``."""
+    """A Tensor that a Module learns: it requires grad and is listed by ``parameters()``.
+
+    An optimizer puts its parameters into flat buffers (``minires.nn.flat.FlatBuffer``): then
+    ``data`` and ``grad`` are views into them, and assigning to either writes into the view
+    (same shape; cast to the buffer's dtype and backend) instead of replacing it, so every path
+    that sets them (``load_state_dict``, initialisers, autograd, the all-reduce) keeps the
+    buffer whole. ``grad`` is None while the parameter has no gradient (after ``zero_grad``):
+    its view stays, flagged empty. A copy (``copy.deepcopy``, pickle) is outside any buffer.
+    """
+
+    _flat = None  # the FlatBuffer holding data and grad, or None
+    _has_grad = False  # in a flat buffer: whether the grad view holds a gradient
 
     def __init__(self, data, requires_grad=True):
         super().__init__(data, requires_grad=requires_grad)
+
+    @property
+    def data(self):
+        return self._data
+
+    @data.setter
+    def data(self, value):
+        if self._flat is None:
+            self._data = value
+        else:
+            self._write(self._data, value, "data")
+
+    @property
+    def grad(self):
+        return self._grad if self._flat is None or self._has_grad else None
+
+    @grad.setter
+    def grad(self, value):
+        if self._flat is None:
+            self._grad = value
+        elif value is None:
+            self._has_grad = False
+        else:
+            self._write(self._grad, value, "grad")
+            self._has_grad = True
+
+    def _write(self, view, value, name):
+        shape = tuple(getattr(value, "shape", ()))
+        if shape != view.shape:
+            raise ValueError(f"cannot set the {name} of a parameter of shape {view.shape} in an optimizer's flat "
+                             f"buffer to an array of shape {shape}")
+        view[...] = backend.to_backend(value, backend.backend_of(view))
+
+    def accumulate_grad(self, g):
+        if self._flat is None:
+            super().accumulate_grad(g)
+        elif self._has_grad:
+            self._grad += g
+        else:
+            self._grad[...] = g
+            self._has_grad = True
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        if self._flat is not None:  # the copy owns its arrays (deepcopy and pickle copy the views)
+            state.update(_flat=None, _grad=self.grad, _has_grad=False)
+        return state
 
     def __repr__(self):
         return f"Parameter(shape={self.shape}, dtype={self.dtype}, backend={self.backend})"
@@ -178,16 +236,25 @@ class Module:
         """Evaluation mode (running statistics in BatchNorm); returns self."""
         return self.train(False)
 
-    def zero_grad(self):
+    def zero_grad(self, set_to_none=True):
+        """Forget every gradient (None), or with ``set_to_none=False`` zero the existing ones in place."""
         for p in self.parameters():
-            p.grad = None
+            if set_to_none:
+                p.grad = None
+            elif p.grad is not None:
+                p.grad[...] = 0
 
     def to(self, name):
-        """Move every parameter, gradient and buffer to backend ``name`` in place; returns self."""
+        """Move every parameter, gradient and buffer to backend ``name`` in place; returns self.
+
+        Parameters in an optimizer's flat buffer move with the whole buffer (their optimizer
+        state too), and stay views into it."""
         backend.get_module(name)
+        for flat in self._flat_buffers("to"):
+            flat.to(name)
         for m in self.modules():
             for p in m._parameters.values():
-                if p is not None:
+                if p is not None and p._flat is None:
                     p.data = backend.to_backend(p.data, name)
                     if p.grad is not None:
                         p.grad = backend.to_backend(p.grad, name)
@@ -197,16 +264,31 @@ class Module:
         return self
 
     def astype(self, dtype):
-        """Cast floating parameters and buffers to ``dtype`` (e.g. float64 for gradient checks)."""
+        """Cast floating parameters and buffers to ``dtype`` (e.g. float64 for gradient checks);
+        gradients are dropped. Parameters in an optimizer's flat buffer are cast with the whole
+        buffer (their optimizer state too), and stay views into it."""
+        for flat in self._flat_buffers("astype"):
+            flat.astype(dtype)
         for m in self.modules():
             for p in m._parameters.values():
-                if p is not None:
+                if p is not None and p._flat is None:
                     p.data = p.data.astype(dtype)
                     p.grad = None
             for k, b in m._buffers.items():
                 if b is not None and b.dtype.kind == "f":
                     m._buffers[k] = b.astype(dtype)
         return self
+
+    def _flat_buffers(self, what):
+        """The optimizers' flat buffers that hold this module's parameters. ``to`` and ``astype``
+        change a buffer as a whole, so each must hold no parameter from outside this module."""
+        mine = {id(p) for p in self.parameters()}
+        flats = {id(p._flat): p._flat for p in self.parameters() if p._flat is not None}
+        for flat in flats.values():
+            if not all(id(q) in mine for q in flat.bound_params()):
+                raise ValueError(f"{type(self).__name__}.{what}: its parameters share an optimizer's flat buffer "
+                                 f"with parameters of another module; call {what} on the whole model")
+        return list(flats.values())
 
     # -- state ---------------------------------------------------------------------------------
     def state_dict(self):
@@ -273,6 +355,7 @@ class Module:
             current = registry[k]
             value = state[key] if hasattr(state[key], "dtype") else numpy.asarray(state[key])
             if isinstance(current, Parameter):
+                # in an optimizer's flat buffer, Parameter.data writes this into its view
                 current.data = backend.to_backend(value, current.backend).astype(current.dtype, copy=True)
             else:
                 registry[k] = backend.to_backend(value, backend.backend_of(current)).astype(current.dtype, copy=True)
