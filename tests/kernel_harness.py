@@ -20,7 +20,6 @@ Everything skips (with the reason) where CuPy, the NVRTC wheel or g++ is missing
 """
 import ctypes
 import hashlib
-import os
 import shutil
 import subprocess
 import tempfile

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from minires.data.loader import training_stats
-from minires.data.transforms import _NORMALIZE_CROP_FLIP, normalize_crop_flip, unit_scale_stats
+from minires.data.transforms import _NORMALIZE_CROP_FLIP, normalize_crop_flip, normalize_crop_flip_args
 from kernel_harness import ORDERS, compile_nvrtc, run_on_cpu
 
 
@@ -23,18 +23,7 @@ def plan(m=13, n=7, c=3, h=5, w=6, pad=2, seed=0):
 
 def kernel_args(x, idx, top, left, flip, mean, std, dtype, pad):
     """The arguments normalize_crop_flip gives the kernel on CuPy, built with NumPy arrays."""
-    _, c, h, w = x.shape
-    dtype = np.dtype(dtype)
-    args = []
-    for s in unit_scale_stats(mean, std, c, dtype, np):
-        if s is None:
-            args += [np.zeros(1, dtype), 0, 0, 0, 0]
-        else:
-            s = np.ascontiguousarray(s)
-            args += [s, 1] + [st // s.itemsize for st in np.broadcast_to(s, (c, h, w)).strides]
-    i32 = np.int32
-    return (x, idx, top, left, flip, args[0], args[5], i32(c), i32(h), i32(w), i32(pad),
-            *[i32(v) for v in args[1:5]], *[i32(v) for v in args[6:]], np.empty((len(idx), c, h, w), dtype))
+    return normalize_crop_flip_args(np, x, idx, top, left, flip, mean, std, dtype, pad)
 
 
 @pytest.mark.parametrize("normalization", ["pixel_mean", "channel", "none"])

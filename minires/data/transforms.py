@@ -225,23 +225,29 @@ def normalize_crop_flip(x, idx, top, left, flip, mean=None, std=None, dtype="flo
     if xp is numpy:
         return crop_flip_at(normalize(x[idx], mean, std, dtype), top, left, numpy.flatnonzero(flip), pad)
     _check_images(x)
+    args = normalize_crop_flip_args(xp, x, idx, top, left, flip, mean, std, dtype, pad)
+    _NORMALIZE_CROP_FLIP(*args)
+    return args[-1]
+
+
+def normalize_crop_flip_args(xp, x, idx, top, left, flip, mean, std, dtype, pad):
+    """The arguments of ``minires_normalize_crop_flip`` for these images and plan, the new
+    output y (N, C, H, W) last. Each statistic is passed with a flag (0 when there is none) and its
+    (C, H, W) element strides, 0 along the axes it is broadcast on."""
     _, c, h, w = x.shape
     dtype = numpy.dtype(dtype)
-    args = []
+    i32 = numpy.int32
+    stats = []
     for s in unit_scale_stats(mean, std, c, dtype, xp):
         if s is None:
-            args += [xp.zeros(1, dtype), 0, 0, 0, 0]
+            stats.append((xp.zeros(1, dtype), [i32(0)] * 4))
         else:
-            # (C, H, W) element strides; 0 where broadcast
             s = xp.ascontiguousarray(s)
-            strides = [st // s.itemsize for st in xp.broadcast_to(s, (c, h, w)).strides]
-            args += [s, 1] + strides
-    mean_args, std_args = args[:5], args[5:]
+            strides = [i32(st // s.itemsize) for st in xp.broadcast_to(s, (c, h, w)).strides]
+            stats.append((s, [i32(1)] + strides))
+    (m, m_ints), (sd, s_ints) = stats
     y = xp.empty((len(idx), c, h, w), dtype)
-    i32 = numpy.int32
-    _NORMALIZE_CROP_FLIP(x, idx, top, left, flip, mean_args[0], std_args[0], i32(c), i32(h), i32(w), i32(pad),
-                         *[i32(v) for v in mean_args[1:]], *[i32(v) for v in std_args[1:]], y)
-    return y
+    return (x, idx, top, left, flip, m, sd, i32(c), i32(h), i32(w), i32(pad), *m_ints, *s_ints, y)
 
 
 def draw_crop_flip(n, pad=4, rng=None):
