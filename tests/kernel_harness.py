@@ -254,18 +254,31 @@ def run_on_cpu(kernel, args, order="forward", size=None, seed=0):
     return outs[0] if len(outs) == 1 else outs
 
 
-def all_kernels():
-    """Every kernel minires defines: import every module of the package, then read the list."""
-    import importlib
-    import pkgutil
+# Imports every module of minires (optional dependencies may be missing) and prints what it is
+# asked for. In a child process: importing a submodule such as minires.predict binds the package's
+# attribute to the module, which would hide the function minires.predict for the rest of a session.
+IMPORT_EVERYTHING = """
+import importlib, json, pkgutil, sys
+import minires
+from minires import backend
+for info in pkgutil.walk_packages(minires.__path__, "minires."):
+    if info.name.endswith("__main__"):
+        continue
+    try:
+        importlib.import_module(info.name)
+    except ImportError:
+        pass
+print(json.dumps({"kernels": [k.name for k in backend.KERNELS], "cupy_imported": "cupy" in sys.modules}))
+"""
 
-    import minires
-    from minires import backend
-    for info in pkgutil.walk_packages(minires.__path__, "minires."):
-        if info.name.endswith("__main__"):
-            continue
-        try:
-            importlib.import_module(info.name)
-        except ImportError:  # an optional dependency (onnx, matplotlib...) is missing here
-            pass
-    return list(backend.KERNELS)
+
+def import_everything():
+    """{"kernels": the names of every kernel minires defines, "cupy_imported": whether importing
+    every module of minires imported CuPy}, from a fresh interpreter."""
+    import json
+    import sys
+    done = subprocess.run([sys.executable, "-c", IMPORT_EVERYTHING], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1])
+    if done.returncode:
+        raise RuntimeError(f"importing every module of minires failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])

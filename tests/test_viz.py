@@ -77,8 +77,8 @@ def test_repeated_blocks_collapse():
                         "layer3.1 ... layer3.2  (\u00d72, identical)"]
     assert CLUSTER.findall(full) == [f"layer{i}.{j}" for i in (1, 2, 3) for j in range(3)]
     nodes, edges = parse(collapsed)
-    # 4 of the 9 blocks (7 Functions each: conv, bn, relu, conv, bn, add, relu) are not drawn
-    assert sum(k.startswith("f") for k in nodes) == total - 4 * 7
+    # 4 of the 9 blocks (6 Functions each: conv, bn, relu, conv, bn, add_relu) are not drawn
+    assert sum(k.startswith("f") for k in nodes) == total - 4 * 6
     assert all(a in nodes and b in nodes for a, b in edges)
     # still one path from the input to the output: the next stage reads the collapsed run's output
     heads = {b for _, b in edges}

@@ -151,9 +151,10 @@ def over_slices(fn, xp, n, bytes_per_image):
 
     The skeleton of the convolutions: forward fills its output rows (fn returns None), backward
     also returns its rows' part of the weight and bias gradients. fn must return new arrays: the
-    sums are taken in place into the first ones. On CuPy fn runs once, on the whole batch.
+    sums are taken in place into the first ones. On CuPy fn runs once, on the whole batch, and so
+    it does for an empty batch (a rank whose share is empty), whose sums are zeros.
     """
-    if xp is not numpy:
+    if xp is not numpy or n == 0:
         return fn(0, slice(0, n))
 
     def part(k, slices):
