@@ -57,6 +57,8 @@ class ArrayLoader:
 
     ``rank`` of ``world_size`` (data-parallel training): each batch of ``batch_size`` rows is
     split with ``shard_bounds`` and this loader yields rank ``rank``'s part of it only.
+    ``batch_total`` is the number of rows of the whole batch last yielded (all ranks' parts),
+    known on every rank without asking the others.
 
     ``classes``: the names of the labels, if known. ``preprocessing()`` and ``classes`` are what
     a checkpoint of a model trained on this loader stores, so that it is used without the data.
@@ -95,6 +97,7 @@ class ArrayLoader:
         self.std = None if std is None else xp.asarray(std, dtype=self.dtype)
         self.epoch = 0  # the epoch the next iteration produces
         self.batch = 0  # the batch of that epoch it starts at
+        self.batch_total = None  # the rows of the last batch yielded, over all ranks
 
     def __len__(self):
         n = self.x.shape[0]
@@ -118,7 +121,8 @@ class ArrayLoader:
             top, left, flips = xp.asarray(offsets[:, 0]), xp.asarray(offsets[:, 1]), xp.asarray(flips)
         for k in range(start, len(self)):
             start = k * self.batch_size
-            lo, hi = shard_bounds(min(self.batch_size, self.x.shape[0] - start), self.rank, self.world_size)
+            total = min(self.batch_size, self.x.shape[0] - start)
+            lo, hi = shard_bounds(total, self.rank, self.world_size)
             rows = slice(start + lo, start + hi)
             idx = order_d[rows]
             if self.augment:
@@ -133,6 +137,7 @@ class ArrayLoader:
                 self.epoch, self.batch = epoch + 1, 0
             else:
                 self.batch = k + 1
+            self.batch_total = total
             yield xb, yb
 
     def preprocessing(self):

@@ -129,6 +129,14 @@ class MPICommunicator(Communicator):
     def _broadcast(self, buf, root):
         self.comm.Bcast(buf, root=root)
 
+    def allreduce_values(self, values):
+        """Sums of a few Python numbers over the ranks, as float64 values, through MPI on the
+        host, also under NCCL: the loop calls this every batch (the Ctrl-C flag), and a device
+        buffer would copy to the device and wait for it there and back."""
+        buf = numpy.asarray(values, dtype=numpy.float64)
+        self._guarded("allreduce", self.comm.Allreduce, self.MPI.IN_PLACE, buf, self.MPI.SUM)
+        return buf.tolist()
+
     def barrier(self):
         self._guarded("barrier", self.comm.Barrier)
 

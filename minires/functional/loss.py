@@ -9,8 +9,9 @@ batch with nothing counted gives NaN and zero gradients, as there.
 
 On CuPy, cross-entropy's element-wise parts are kernels (``minires_softmax_exp``,
 ``minires_ce_rows``, ``minires_ce_backward``) beside their NumPy twins, its row maxima and sums
-CuPy reductions; its labels are not checked on the host there (that would read them back every
-step): a label outside [0, K) that is not ``ignore_index`` makes its row's loss and gradient NaN.
+CuPy reductions; the labels of both losses are not checked on the host there (that would read
+them back every step): a label outside [0, K) that is not ``ignore_index`` makes its row's loss
+and gradient NaN.
 """
 import numpy
 
@@ -271,12 +272,21 @@ class CrossEntropyFunction(_ClassLossFunction):
 
 class NLLLossFunction(_ClassLossFunction):
     """loss[n] = -w[y_n] x[n, y_n] for log-probabilities x (N, K) (0 for a row labelled
-    ``ignore_index``); gx[n, y_n] = -w[y_n] times d(reduced)/d(loss[n]), 0 elsewhere."""
+    ``ignore_index``); gx[n, y_n] = -w[y_n] times d(reduced)/d(loss[n]), 0 elsewhere.
+
+    On CuPy the labels are not checked on the host: a row whose label lies outside [0, K) and is
+    not ``ignore_index`` has a NaN loss, weight and gradient row (as cross-entropy's there)."""
 
     def forward(self, x):
         xp = backend.get_array_module(x)
         n, k = x.shape
+        self.bad = None
+        if xp is not numpy:
+            self.bad = (self.labels != self.ignore_index) & ((self.labels < 0) | (self.labels >= k))
+            self.labels = xp.where(self.bad, 0, self.labels)  # no read past the row or the weights
         target, _, w_target = self.targets(x)
+        if self.bad is not None:
+            w_target = xp.where(self.bad, x.dtype.type(numpy.nan), w_target)
         loss = -w_target * x[xp.arange(n), target]
         if self.needs_input_grad[0]:
             self.shape, self.target, self.w_target = x.shape, target, w_target
@@ -288,6 +298,8 @@ class NLLLossFunction(_ClassLossFunction):
         g = xp.zeros(self.shape, self.w_target.dtype)
         g[xp.arange(n), self.target] = -self.w_target
         g *= self.scale(gy)
+        if self.bad is not None:
+            g = xp.where(self.bad[:, None], g.dtype.type(numpy.nan), g)  # (N,) -> (N, 1)
         return g
 
 
@@ -357,6 +369,11 @@ def cross_entropy(logits, labels, label_smoothing=0.0, weight=None, ignore_index
 
 def nll_loss(log_probs, labels, weight=None, ignore_index=-100, reduction="mean"):
     """Negative log-likelihood of ``log_probs`` (N, K) (e.g. ``log_softmax(logits)``) at integer
-    ``labels`` (N,), with ``cross_entropy``'s ``weight``, ``ignore_index`` and ``reduction``."""
-    labels, weight = _class_loss_args("nll_loss", log_probs, labels, weight, ignore_index, reduction)
+    ``labels`` (N,), with ``cross_entropy``'s ``weight``, ``ignore_index`` and ``reduction``.
+
+    A label outside [0, K) that is not ``ignore_index`` raises on NumPy; on CuPy its row's loss
+    and gradient are NaN instead, as ``cross_entropy``'s."""
+    on_numpy = backend.get_array_module(log_probs) is numpy
+    labels, weight = _class_loss_args("nll_loss", log_probs, labels, weight, ignore_index, reduction,
+                                      check_range=on_numpy)
     return NLLLossFunction(labels, weight, ignore_index, reduction)(log_probs)

@@ -8,6 +8,8 @@ The options are PyTorch's: ``dilation`` spreads max pooling's taps ``d`` pixels 
 (it is padded further there: -inf for max, not counted in the mean); ``count_include_pad=False``
 divides each average by the number of real input pixels in its window.
 """
+import functools
+
 import numpy
 
 from .. import backend
@@ -129,6 +131,28 @@ class MaxPool2dFunction(_Pool2dFunction):
         return self.unpad(gx)
 
 
+def _device(x):
+    """The id of the CuPy device that holds x; None for a NumPy array."""
+    return getattr(getattr(x, "device", None), "id", None)
+
+
+@functools.lru_cache(maxsize=64)
+def _inverse_count(size, out_size, kernel, stride, padding, count_include_pad, dtype, xp, device):
+    """``AvgPool2dFunction``'s 1 / count, (Ho, Wo): computed on the host (it is small) and copied
+    to the device once per geometry, dtype and device, not in every forward and backward (a
+    copy from the host waits for the device). The cached array is only read, never written."""
+    def counts(n_out, size, k, s, p):
+        start = numpy.arange(n_out) * s - p  # in input coordinates
+        end = numpy.minimum(start + k, size + p)
+        if count_include_pad:
+            return end - start
+        return numpy.minimum(end, size) - numpy.maximum(start, 0)
+
+    (h, w), (ho, wo), (kh, kw), (sy, sx), (ph, pw) = size, out_size, kernel, stride, padding
+    count = numpy.outer(counts(ho, h, kh, sy, ph), counts(wo, w, kw, sx, pw))
+    return xp.asarray(1.0 / count, dtype=dtype)  # on the current device, which holds the input
+
+
 class AvgPool2dFunction(_Pool2dFunction):
     """y = (sum of the kh*kw window of the zero-padded input) / count.
 
@@ -142,19 +166,10 @@ class AvgPool2dFunction(_Pool2dFunction):
         super().__init__(kernel_size, stride, padding, (1, 1), ceil_mode)
         self.count_include_pad = count_include_pad
 
-    def inverse_count(self, out_shape, dtype, xp):
-        """1 / count for every output position, (Ho, Wo) (computed on the host: it is small)."""
-        def counts(n_out, size, k, s, p):
-            start = numpy.arange(n_out) * s - p  # in input coordinates
-            end = numpy.minimum(start + k, size + p)
-            if self.count_include_pad:
-                return end - start
-            return numpy.minimum(end, size) - numpy.maximum(start, 0)
-
-        h, w = self.x_shape[2:]
-        count = numpy.outer(counts(out_shape[2], h, self.kh, self.sy, self.ph),
-                            counts(out_shape[3], w, self.kw, self.sx, self.pw))
-        return xp.asarray(1.0 / count, dtype=dtype)
+    def inverse_count(self, out_shape, dtype, xp, device):
+        """1 / count for every output position, (Ho, Wo), an array of ``xp`` on ``device``."""
+        return _inverse_count(self.x_shape[2:], out_shape[2:], (self.kh, self.kw), (self.sy, self.sx),
+                              (self.ph, self.pw), self.count_include_pad, numpy.dtype(dtype), xp, device)
 
     def forward(self, x):
         xp = backend.get_array_module(x)
@@ -163,13 +178,13 @@ class AvgPool2dFunction(_Pool2dFunction):
         y = xp.zeros(shape, x.dtype)
         for _, _, view in self.taps(self.pad(x, shape, 0), shape):
             y += view
-        y *= self.inverse_count(shape, x.dtype, xp)
+        y *= self.inverse_count(shape, x.dtype, xp, _device(x))
         return y
 
     def backward(self, gy):
         xp = backend.get_array_module(gy)
         gx = self.padded_zeros(gy)
-        g = gy * self.inverse_count(gy.shape, gy.dtype, xp)
+        g = gy * self.inverse_count(gy.shape, gy.dtype, xp, _device(gy))
         for _, _, view in self.taps(gx, gy.shape):
             view += g
         return self.unpad(gx)

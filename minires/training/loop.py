@@ -60,7 +60,8 @@ class LoopHooks:
       calls it where it reads the losses, with each unread batch's loss sum, correct and seen
       (so that the running sums of the epoch, and a checkpoint of them, cover the whole batch on
       every process), and in a batch it does not read, with its number of images (for the
-      share); the same of an evaluation. Every process makes the same calls in the same order.
+      share) unless the loader knows the whole batch's (``ArrayLoader.batch_total``); the same
+      of an evaluation. Every process makes the same calls in the same order.
     - ``forward_without_images``: a process whose share of a batch is empty (a last batch
       smaller than the number of processes) still takes part in every exchange: its gradients
       count with share 0. With True it also runs the model's forward and backward on its empty
@@ -135,13 +136,30 @@ class UnreadSums:
                 for loss, _, n, where in batches]
 
 
+def _add_confusion(counts, y, predicted, k):
+    """counts (K, K) int64 (None: zeros) plus the pairs (y[n], predicted[n]) of a batch, on y's
+    device: counts[i, j] += sum_n [y_n = i] [predicted_n = j] = (Y^T P)[i, j] with the one-hot
+    rows Y, P (N, K) of the labels and predictions. A float64 product of 0s and 1s is exact; a
+    scatter would read the device (CuPy's bincount) or add atomically."""
+    xp = get_array_module(y)
+    classes = xp.arange(k)
+    onehot_y = (y[:, None] == classes).astype(xp.float64)  # (N,) -> (N, 1) == (K,) -> (N, K)
+    onehot_p = (predicted[:, None] == classes).astype(xp.float64)
+    batch = (onehot_y.T @ onehot_p).astype(xp.int64)
+    if counts is None:
+        return batch
+    counts += batch
+    return counts
+
+
 def evaluate(model, loader, label_smoothing=0.0, hooks=None, confusion=None):
     """Mean loss and accuracy over a loader, in eval mode and without a graph. ``model`` is not
     changed (its train/eval modes included): what runs is ``nn.fuse_conv_bn`` of it in eval
     mode, a copy with each batch norm folded into the convolution before it (the same outputs in
     fewer passes; copying ResNet-56 takes milliseconds, an evaluation seconds).
     ``confusion``: a (K, K) int64 NumPy array to which the count of every (label, prediction)
-    pair is added (summed over the processes of a distributed run)."""
+    pair is added (summed over the processes of a distributed run); the counts stay on the
+    loader's device until the last batch."""
     hooks = hooks or LoopHooks()
     modes = [(m, m.training) for m in model.modules()]
     try:
@@ -150,6 +168,7 @@ def evaluate(model, loader, label_smoothing=0.0, hooks=None, confusion=None):
         for m, mode in modes:
             m.training = mode
     unread = UnreadSums()
+    counts = None  # the confusion counts of the batches so far, on their device
     with no_grad():
         for xb, yb in loader:
             if not len(yb):  # this process's share of a last batch smaller than the processes
@@ -163,7 +182,7 @@ def evaluate(model, loader, label_smoothing=0.0, hooks=None, confusion=None):
             predicted = logits.data.argmax(axis=1)
             unread.add(loss.data, (predicted == yb).sum(), n, None)
             if confusion is not None:
-                numpy.add.at(confusion, (to_numpy(yb), to_numpy(predicted)), 1)
+                counts = _add_confusion(counts, yb, predicted, confusion.shape[0])
     # Read once, at the end: the same sums, in the same order, as reading every batch.
     total_loss, correct, seen = 0.0, 0, 0
     for value, batch_correct, n, _ in unread.take():
@@ -171,6 +190,8 @@ def evaluate(model, loader, label_smoothing=0.0, hooks=None, confusion=None):
         correct += int(batch_correct)
         seen += n
     if confusion is not None:
+        if counts is not None:
+            confusion += to_numpy(counts)
         confusion[...] = numpy.reshape(hooks.sum(confusion.ravel().tolist()), confusion.shape)
     total_loss, correct, seen = hooks.sum([total_loss, correct, seen])
     if seen == 0:
@@ -250,8 +271,10 @@ def train_epoch(state, stop, epochs, label_smoothing=0.0, progress=True, hooks=N
                     unread.add(None, None, n, where)
                 if (schedule.step_count + 1) % read_every == 0:
                     seen = read()  # before this batch's loss changes the weights
+                elif getattr(loader, "batch_total", None) is not None:
+                    seen = loader.batch_total  # the images of the whole batch, known to every process
                 else:
-                    seen = hooks.sum([n])[0]  # the images of the whole batch
+                    seen = hooks.sum([n])[0]  # a loader that does not know them: ask the processes
                 optimizer.zero_grad()
                 if loss is not None:
                     loss.backward()
