@@ -199,6 +199,43 @@ def test_the_nccl_communicator_sums_host_numbers_on_the_host():
     assert calls == [("in place", np.float64, "sum")]
 
 
+def test_nccl_collectives_leave_the_host_free():
+    """The gradients' all-reduce, the buffers' broadcast and SyncBatchNorm's sums are queued on the
+    stream; the host does not wait for them (NCCL and the stream are stand-ins here)."""
+    calls = []
+
+    class Stream:
+        ptr = 77
+
+        def synchronize(self):
+            calls.append("synchronize")
+
+    class NCCL:
+        NCCL_FLOAT16, NCCL_FLOAT32, NCCL_FLOAT64, NCCL_INT32, NCCL_INT64 = "f16", "f32", "f64", "i32", "i64"
+        NCCL_SUM = "sum"
+
+    class NcclComm:
+        def allReduce(self, send, recv, count, dtype, op, stream):
+            calls.append(("allReduce", send, recv, count, dtype, op, stream))
+
+        def bcast(self, buf, count, dtype, root, stream):
+            calls.append(("bcast", buf, count, dtype, root, stream))
+
+    class Buffer:
+        """What the communicator reads of a CuPy buffer."""
+        ndim, size, dtype = 1, 5, np.dtype(np.float32)
+        flags = types.SimpleNamespace(c_contiguous=True)
+        data = types.SimpleNamespace(ptr=1234)
+
+    Buffer.__module__ = "cupy._fake"
+    comm = object.__new__(distributed.NCCLCommunicator)
+    comm.xp = types.SimpleNamespace(__name__="cupy", cuda=types.SimpleNamespace(get_current_stream=Stream))
+    comm.nccl, comm.nccl_comm, comm.watchdog, comm.rank, comm.size = NCCL, NcclComm(), None, 0, 2
+    buf = Buffer()
+    assert comm.allreduce(buf) is buf and comm.broadcast(buf, 1) is buf
+    assert calls == [("allReduce", 1234, 1234, 5, "f32", "sum", 77), ("bcast", 1234, 5, "f32", 1, 77)]
+
+
 # -------------------------------------------------------------------------------------------------
 # 2. evaluate(confusion=...): the counts stay on the device until the last batch
 # -------------------------------------------------------------------------------------------------

@@ -160,8 +160,12 @@ class NCCLCommunicator(MPICommunicator):
 
     MPI starts the processes and bootstraps: each rank takes the GPU ``local rank % GPUs``
     (ranks are counted per machine), rank 0 makes NCCL's unique id and MPI broadcasts it, then
-    every rank joins the NCCL communicator. Collectives run on CuPy's current stream; barrier
-    and abort go through MPI.
+    every rank joins the NCCL communicator. Collectives run on CuPy's current stream, and the host
+    does not wait for them (a training step has one per gradient buffer and three per
+    SyncBatchNorm layer): the watchdog times their launch only. A rank whose device hangs in one
+    still stops the job: the other ranks' hosts meet it in the next ``allreduce_values`` (the
+    loop's per-batch stop flag), which goes through MPI on the host, and time out there.
+    ``barrier``, ``broadcast_object`` and ``abort`` go through MPI too.
     """
 
     def __init__(self, comm=None, timeout=None):
@@ -195,12 +199,10 @@ class NCCLCommunicator(MPICommunicator):
         stream = self.xp.cuda.get_current_stream()
         self.nccl_comm.allReduce(buf.data.ptr, buf.data.ptr, buf.size, self._nccl_type(buf.dtype),
                                  self.nccl.NCCL_SUM, stream.ptr)
-        stream.synchronize()  # so that the watchdog times the reduction, not only its launch
 
     def _broadcast(self, buf, root):
         stream = self.xp.cuda.get_current_stream()
         self.nccl_comm.bcast(buf.data.ptr, buf.size, self._nccl_type(buf.dtype), root, stream.ptr)
-        stream.synchronize()
 
     def abort(self, code=1):
         self.nccl_comm.abort()
