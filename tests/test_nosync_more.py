@@ -165,8 +165,9 @@ def _distributed_run(read_every, monkeypatch):
 
 def test_a_data_parallel_batch_asks_the_ranks_only_for_its_stop_flag(monkeypatch):
     sums, history, weights = _distributed_run(3, monkeypatch)
-    # In a batch: the Ctrl-C flag (one value) only; the image count comes from the loader.
-    assert [s for s in sums if s[0] == "batch"] == [("batch", 1)] * 14 + [("batch", 1)] * 2  # + 2 epoch ends
+    # Outside the reads and evaluations only the Ctrl-C flag (one value), before each of the
+    # 2 x 7 batches and after each epoch; each batch's image count comes from the loader.
+    assert [s for s in sums if s[0] == "batch"] == [("batch", 1)] * (2 * 7 + 2)
     assert {s[0] for s in sums} == {"batch", "read", "evaluate"}
     # The same steps as when every batch is read (and its image count summed over the ranks).
     _, every, weights_every = _distributed_run(1, monkeypatch)
