@@ -86,7 +86,8 @@ def test_a_phase_past_its_budget_is_stopped_and_the_next_still_runs(subset_dir, 
     monkeypatch.setattr(gpu_check, "write_reports", spy)
     out = tmp_path / "report"
     rc = gpu_check.main(["--backend", "numpy", "--quick", "--data-dir", str(subset_dir), "--out", str(out),
-                         "--phases", "equivalence,train", "--budget", "equivalence=0.5"])
+                         "--phases", "equivalence,train", "--budget", "equivalence=0.5",
+                         "--total", "3600", "--budget", "train=1200"])  # train cannot overrun on a busy machine
     assert rc == 1  # a phase did not pass
     assert written[0] == []  # before the first phase
     assert written[1] == [("equivalence", "timed out")]
@@ -299,7 +300,10 @@ def stand_in_cupy(tmp_path, monkeypatch):
 def test_the_gpu_plan_runs_end_to_end_on_a_stand_in_for_cupy(subset_dir, tmp_path, stand_in_cupy):
     out = tmp_path / "report"
     run = subprocess.run([sys.executable, "-m", "benchmarks.gpu_check", "--backend", "cupy", "--quick",
-                          "--data-dir", str(subset_dir), "--out", str(out), "--phases", "equivalence,bench-resnet20,train"],
+                          "--data-dir", str(subset_dir), "--out", str(out), "--phases", "equivalence,bench-resnet20,train",
+                          # budgets that a busy CI machine cannot overrun: this checks the machinery
+                          "--total", "3600", "--budget", "equivalence=1200", "--budget", "bench-resnet20=1200",
+                          "--budget", "train=1200"],
                          cwd=REPO, capture_output=True, text=True)
     assert run.returncode == 1  # the equivalence phase fails, below
     report = json.loads((out / gpu_check.REPORT_JSON).read_text())
