@@ -96,6 +96,12 @@ def _leave_globals_alone(monkeypatch, tmp_path):
     mb.set_backend(previous)
 
 
+def has_matplotlib():
+    """Whether matplotlib imports (runs then also write their pictures)."""
+    import importlib.util
+    return importlib.util.find_spec("matplotlib") is not None
+
+
 def run_main(*argv):
     """``train.main(argv)``'s exit code, also when it leaves through SystemExit (argparse, Ctrl-C)."""
     import minires.train as train

@@ -18,41 +18,18 @@ from minires.data.loader import ArrayLoader
 from minires.optim import SGD, ConstantLR
 from minires.serialization import load
 from minires.training import NonFiniteError, Snapshot, TrainState, fit
+from host_reads import HostReads
 
 CONVERSIONS = []  # (what, iteration) of every host conversion of a Spy array
 STATE = {}
 
 
-class Spy(np.ndarray):
+class Spy(HostReads):
     """A NumPy array that records each conversion to a host number with the iteration it
     happened in (``schedule.step_count`` of the state under test)."""
 
-    def _record(self, what):
+    def record(self, what):
         CONVERSIONS.append((what, STATE["state"].schedule.step_count))
-
-    def item(self, *args):
-        self._record("item")
-        return super().item(*args)
-
-    def tolist(self):
-        self._record("tolist")
-        return super().tolist()
-
-    def __float__(self):
-        self._record("float")
-        return super().__float__()
-
-    def __int__(self):
-        self._record("int")
-        return super().__int__()
-
-    def __index__(self):
-        self._record("index")
-        return super().__index__()
-
-    def __bool__(self):
-        self._record("bool")
-        return super().__bool__()
 
 
 class SpyOutput(nn.Module):

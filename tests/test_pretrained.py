@@ -19,7 +19,7 @@ from minires.data import channel_stats, load_cifar10, pixel_mean
 from minires.nn import init
 from minires import rng as minires_rng
 from minires.weights import package as packaging
-from conftest import run_main
+from conftest import has_matplotlib, run_main
 
 pytestmark = pytest.mark.usefixtures("_leave_globals_alone")  # conftest.py
 
@@ -120,12 +120,6 @@ def test_eval_only_prints_accuracy_per_class_and_draws_the_confusion_matrix(run,
         assert not (report / "confusion.png").exists()
 
 
-def has_matplotlib():
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def test_an_old_checkpoint_without_preprocessing_still_evaluates_with_a_note(run, tiny_cifar10_dir, tmp_path,

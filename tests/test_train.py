@@ -36,7 +36,7 @@ from minires.nn import init
 from minires import rng as minires_rng
 from minires.optim import SGD, ConstantLR, CosineLR, MultiStepLR
 from minires.serialization import load, save
-from conftest import run_main
+from conftest import has_matplotlib, run_main
 
 pytestmark = pytest.mark.usefixtures("_leave_globals_alone")  # conftest.py
 
@@ -804,15 +804,7 @@ def test_fit_on_the_main_process_writes_the_run(tiny_cifar10_dir, tmp_path, caps
     state, test_loader = _tiny_state(tiny_cifar10_dir, weight_decay=1e-4)
     history = loop.fit(state, test_loader, epochs=1, out=tmp_path)
     assert sorted(os.listdir(tmp_path)) == sorted([".lock", "last.npz", "best.npz", "metrics.csv"] +
-                                                 (["curves.png"] if _has_matplotlib() else []))
+                                                 (["curves.png"] if has_matplotlib() else []))
     assert "epoch   1/1" in capsys.readouterr().out
     saved = load(tmp_path / "last.npz")
     assert int(saved["epoch"]) == 1 and saved["history"][0]["test_acc"] == history[0]["test_acc"]
-
-
-def _has_matplotlib():
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        return False
-    return True
