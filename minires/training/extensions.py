@@ -112,32 +112,35 @@ class BestSnapshot(Extension):
             self.writer.save_best(state, row["test_acc"], extra)
 
 
-class MetricsCSV(Extension):
-    """``out/metrics.csv``: one row per finished epoch (a resumed run's at once)."""
+class _HistoryFile(Extension):
+    """A file in ``out`` rewritten from the whole history after every epoch (a resumed run's at
+    once) by ``write(path, history)``."""
+
+    filename = None
 
     def __init__(self, out):
-        self.path = os.path.join(out, "metrics.csv")
+        self.path = os.path.join(out, self.filename)
 
     def initialize(self, state, epochs):
         if state.history:
-            write_metrics(self.path, state.history)
+            self.write(self.path, state.history)
 
     def on_epoch_end(self, state, row):
-        write_metrics(self.path, state.history)
+        self.write(self.path, state.history)
 
 
-class Curves(Extension):
+class MetricsCSV(_HistoryFile):
+    """``out/metrics.csv``: one row per finished epoch."""
+
+    filename = "metrics.csv"
+    write = staticmethod(write_metrics)
+
+
+class Curves(_HistoryFile):
     """``out/curves.png`` (where matplotlib is installed)."""
 
-    def __init__(self, out):
-        self.path = os.path.join(out, "curves.png")
-
-    def initialize(self, state, epochs):
-        if state.history:
-            plot_curves(self.path, state.history)
-
-    def on_epoch_end(self, state, row):
-        plot_curves(self.path, state.history)
+    filename = "curves.png"
+    write = staticmethod(plot_curves)
 
 
 def duration(seconds):
