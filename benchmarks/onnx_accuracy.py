@@ -9,7 +9,11 @@ checkpoint stores (a checkpoint from before they were stored: recomputed from it
 --normalization and --limit-train). With --with-preprocessing the ONNX file is one exported with
 ``python -m minires.export --with-preprocessing`` and gets the raw images in [0, 1]
 (``minires.image.to_unit``), normalising them itself. The script reports both accuracies, how
-many predictions differ and the largest logit difference.
+many predictions differ and the largest logit difference. The weights that ship with minires
+are checked the same way:
+
+    python -m minires.export --pretrained resnet20 --with-preprocessing /tmp/r20p.onnx
+    python -m benchmarks.onnx_accuracy --pretrained resnet20 /tmp/r20p.onnx --with-preprocessing --data-dir ../shared/data
 """
 import argparse
 import time
@@ -20,6 +24,7 @@ import minires
 from minires.data import find_cifar10, load_batch, load_cifar10, normalize, training_stats
 from minires.export import model_from_checkpoint
 from minires.image import to_unit
+from minires.weights import pretrained_checkpoint
 
 
 def statistics(checkpoint, data_dir):
@@ -33,17 +38,24 @@ def statistics(checkpoint, data_dir):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("checkpoint", help="last.npz or best.npz of a python -m minires.train run")
+    p.add_argument("checkpoint", nargs="?", help="last.npz or best.npz of a python -m minires.train run")
     p.add_argument("onnx", help="the same checkpoint exported by python -m minires.export")
     p.add_argument("--data-dir", help="folder holding cifar-10-batches-py/")
+    p.add_argument("--pretrained", metavar="NAME", help="instead of a checkpoint: the weights that ship with "
+                                                        "minires for NAME (e.g. resnet20)")
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--with-preprocessing", action="store_true",
                    help="the ONNX file normalises its input itself (export --with-preprocessing)")
     args = p.parse_args(argv)
+    if (args.checkpoint is None) == (args.pretrained is None):
+        p.error("give a checkpoint or --pretrained NAME (one of them)")
 
     import onnxruntime
 
-    checkpoint = minires.load(args.checkpoint)
+    if args.pretrained:
+        checkpoint, args.checkpoint = pretrained_checkpoint(args.pretrained)
+    else:
+        checkpoint = minires.load(args.checkpoint)
     model, state = model_from_checkpoint(checkpoint)
     model.load_state_dict(state)
     model.eval()
