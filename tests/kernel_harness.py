@@ -255,8 +255,8 @@ def run_on_cpu(kernel, args, order="forward", size=None, seed=0):
 
 
 # Imports every module of minires (optional dependencies may be missing) and prints what it is
-# asked for. In a child process: importing a submodule such as minires.predict binds the package's
-# attribute to the module, which would hide the function minires.predict for the rest of a session.
+# asked for. In a child process: importing every submodule binds the package's attributes to them
+# (minires.predict becomes the command-line module) for the rest of the interpreter's life.
 IMPORT_EVERYTHING = """
 import importlib, json, pkgutil, sys
 import minires

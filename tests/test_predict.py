@@ -184,6 +184,20 @@ def test_predict_leaves_a_training_model_in_training_mode(checkpoint):
     assert model.training
 
 
+def test_minires_predict_stays_callable_after_importing_the_command_line_module(checkpoint):
+    """``import minires.predict`` binds the package's attribute to that module; it must still
+    classify as the function does (in a child process: the binding lasts for the interpreter)."""
+    code = ("import sys, numpy, minires\n"
+            "from minires.inference import load_model, predict\n"
+            "import minires.predict\n"
+            "model, x = load_model(sys.argv[1]), [numpy.full((40, 40, 3), 90, numpy.uint8)]\n"
+            "assert minires.predict(model, x, topk=3) == predict(model, x, topk=3), 'differs'\n"
+            "from minires import predict as p; print(len(p(model, x, topk=2)[0]))\n")
+    done = subprocess.run([sys.executable, "-c", code, str(checkpoint)], capture_output=True, text=True,
+                          cwd=REPO, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "2", done.stderr
+
+
 # --- the command line ----------------------------------------------------------------------
 
 def images_folder(folder):
