@@ -52,10 +52,14 @@ def main(argv=None):
 
     import onnxruntime
 
-    if args.pretrained:
-        checkpoint, args.checkpoint = pretrained_checkpoint(args.pretrained)
-    else:
-        checkpoint = minires.load(args.checkpoint)
+    try:
+        if args.pretrained:
+            minires.models.info(args.pretrained)  # a name that is no model at all: the registry's one line
+            checkpoint, args.checkpoint = pretrained_checkpoint(args.pretrained)
+        else:
+            checkpoint = minires.load(args.checkpoint)
+    except (OSError, ValueError) as e:
+        p.error(str(e))
     model, state = model_from_checkpoint(checkpoint)
     model.load_state_dict(state)
     model.eval()
