@@ -270,7 +270,8 @@ def test_the_built_wheel_holds_the_weights_folder(tmp_path):
     members = set(zipfile.ZipFile(wheel).namelist())
     expected = {f"minires/weights/{p.name}" for p in (src / "minires" / "weights").iterdir()
                 if p.suffix in (".npz", ".json", ".py")}
-    assert {"minires/weights/extra.npz", "minires/weights/extra.json", "minires/weights/package.py"} <= expected
+    assert {"minires/weights/extra.npz", "minires/weights/extra.json", "minires/weights/package.py",
+            "minires/weights/resnet20.npz", "minires/weights/resnet20.json"} <= expected
     assert expected <= members, sorted(expected - members)
 
 
@@ -278,9 +279,7 @@ def test_the_built_wheel_holds_the_weights_folder(tmp_path):
 def test_the_shipped_resnet20_reproduces_its_accuracy_on_the_test_set(cifar10_dir, capsys):
     """The real shipped weights on the real 10,000 test images give the accuracy their manifest
     states (to 2 images: a later commit may order a sum differently)."""
-    if "resnet20" not in weights.names():
-        pytest.skip("no weights ship for resnet20 yet: they are packaged from issue 18's finished 50-epoch run "
-                    "(python -m minires.weights.package)")
+    assert "resnet20" in weights.names(), "minires/weights/resnet20.npz (issue 18's 50-epoch run) is missing"
     manifest = weights.read_manifest("resnet20")
     assert manifest["test_images"] == 10000
     result = train.run(train.parse_args(train.build_parser(), [
