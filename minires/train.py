@@ -84,12 +84,13 @@ class _Parser(argparse.ArgumentParser):
 # (recipe_defaults), so switching recipes leaves nothing behind.
 # paper: He et al. 2015, the parser's defaults. fast: 50 epochs of cosine from 0.1 with
 # Nesterov momentum, weight decay 5e-4 and label smoothing 0.1 on per-channel standardised
-# inputs, for the paper's 91.25% in under a third of its 164 epochs (issue 18; 30 such epochs
-# reach 90.55% in PyTorch). keras: the training of Keras's CIFAR-10 ResNet example (Adam,
-# KERAS_LR_STEPS, ReduceLROnPlateau(factor=sqrt(0.1), patience=5, min_lr=0.5e-6) on the test
-# loss, l2(1e-4) on the Conv2D kernels, which adds 1e-4 * sum(w^2) to the loss: a gradient of
-# 2e-4 * w). A recipe's --lr and --weight-decay are its optimizer's: with another --optimizer,
-# parse_args takes that optimizer's defaults (OPTIMIZER_DEFAULTS).
+# inputs: the paper's 91.25% in under a third of its 164 epochs (ResNet-20 reached 91.33% with
+# it, benchmarks/RESULTS.md; 30 such epochs reach 90.55% in PyTorch). keras: the training of
+# Keras's CIFAR-10 ResNet example (Adam, KERAS_LR_STEPS, ReduceLROnPlateau(factor=sqrt(0.1),
+# patience=5, min_lr=0.5e-6) on the test loss, l2(1e-4) on the Conv2D kernels, which adds
+# 1e-4 * sum(w^2) to the loss: a gradient of 2e-4 * w). A recipe's --lr and --weight-decay are
+# its optimizer's: with another --optimizer, parse_args takes that optimizer's defaults
+# (OPTIMIZER_DEFAULTS).
 RECIPES = {
     "paper": {"epochs": 164, "schedule": "multistep", "nesterov": False, "weight_decay": 1e-4,
               "label_smoothing": 0.0, "normalization": "pixel_mean"},
