@@ -145,7 +145,9 @@ def build_parser(exit_on_error=True):
         formatter_class=HelpFormatter, exit_on_error=exit_on_error)
     p.add_argument("--recipe", choices=tuple(RECIPES), default="paper",
                    help="a set of the options below; options written on the command line win. "
-                        + "; ".join(f"{name}: {describe_recipe(name)}" for name in RECIPES))
+                        + "; ".join(f"{name}: {describe_recipe(name)}" for name in RECIPES)
+                        + ". ResNet-20 with fast: 91.33%% test accuracy after its 50 epochs, about 6 hours on 2 CPU "
+                          "cores (the weights of --pretrained resnet20)")
     m = p.add_argument_group("model")
     m.add_argument("--model", help="any name from minires.models.names() (e.g. resnet56, resnet110v2, resnet18) "
                                    "or a parametric one (resnet8, resnet11v2, wrn16_4); overrides --depth")
