@@ -54,6 +54,7 @@ def main(argv=None):
 
     try:
         if args.pretrained:
+            minires.models.info(args.pretrained)  # a name that is no model at all: the registry's one line
             checkpoint, args.checkpoint = pretrained_checkpoint(args.pretrained)
         else:
             checkpoint = minires.load(args.checkpoint)

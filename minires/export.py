@@ -117,6 +117,7 @@ def main(argv=None):
         check_opset(args.opset, "--opset")
         check_input_shape(args.input_shape)
         if args.pretrained:
+            models.info(args.pretrained)  # a name that is no model at all: the registry's one line
             checkpoint, args.checkpoint = pretrained_checkpoint(args.pretrained)
         else:
             checkpoint = load(args.checkpoint)

@@ -517,6 +517,7 @@ def run(args, checkpoint=None, comm=None):
     name = model_name(args)
     path = checkpoint_path(args.resume) if args.resume else None
     if args.pretrained:
+        models.info(args.pretrained)  # a name that is no model at all: the registry's one line
         checkpoint, path = weights.pretrained_checkpoint(args.pretrained)
     elif path is not None:
         if checkpoint is None:

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy
 
-from .. import models
 from ..data.transforms import check_preprocessing
 from ..serialization import load
 
@@ -40,11 +39,9 @@ def manifest_path(name):
 
 
 def read_manifest(name):
-    """The manifest of ``name``'s shipped weights, as a dict; NoWeightsError when none ship, and
-    the registry's ValueError (listing the valid names) when ``name`` is no model at all."""
+    """The manifest of ``name``'s shipped weights, as a dict; NoWeightsError when none ship."""
     path = manifest_path(name)
     if not path.is_file():
-        models.info(name)
         shipped = f" (weights ship for: {', '.join(names())})" if names() else ""
         raise NoWeightsError(f"no weights ship for {name}{shipped}; train them with "
                              f"python -m minires.train --model {name} --recipe fast")
