@@ -298,6 +298,7 @@ def stand_in_cupy(tmp_path, monkeypatch):
 
 @pytest.mark.slow  # three phases' processes, PyTorch imported in four: ~60 s on a busy 2-core machine
 def test_the_gpu_plan_runs_end_to_end_on_a_stand_in_for_cupy(subset_dir, tmp_path, stand_in_cupy):
+    pytest.importorskip("torch")  # on a GPU the benchmark phase compares with PyTorch, so it needs it
     out = tmp_path / "report"
     run = subprocess.run([sys.executable, "-m", "benchmarks.gpu_check", "--backend", "cupy", "--quick",
                           "--data-dir", str(subset_dir), "--out", str(out), "--phases", "equivalence,bench-resnet20,train",
